@@ -1,0 +1,538 @@
+"""The synchronous client: a blocking socket transport over :mod:`greenstalk._protocol`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import ssl as _ssl
+from collections import deque
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any, Generic, NoReturn, TypeVar, Union, cast, overload
+
+from ._protocol import commands
+from ._protocol.commands import Request
+from ._protocol.errors import (
+    BeanstalkdError,
+    ClientConnectionError,
+    ClientTimeoutError,
+    ProtocolError,
+    PutManyError,
+)
+from ._protocol.errors import BodyDecodeError as BodyDecodeError
+from ._protocol.responses import Reply, ReplyReader, expect_int
+from ._protocol.stats import Stats, StatsJob, StatsTube
+
+DEFAULT_TUBE = "default"
+DEFAULT_PRIORITY = 2**16
+DEFAULT_DELAY = 0
+DEFAULT_TTR = 60
+
+TBody = TypeVar("TBody")
+T = TypeVar("T")
+
+Address = Union[tuple[str, int], str, "os.PathLike[str]", socket.socket]
+"""Where the server is: ``(host, port)``, a Unix socket path, or a connected socket."""
+
+_RECEIVE_SIZE = 65536
+# put_many keeps at most two batches of unread replies in flight: few enough
+# that the replies always fit in the socket buffers (so neither side blocks
+# on a full buffer while the other waits), enough to keep the server busy.
+_BATCH_COMMANDS = 512
+_BATCH_BYTES = 1 << 20
+
+
+class Job(Generic[TBody]):
+    """A job: its id and its body (``bytes``, or ``str`` when the client has an encoding)."""
+
+    __slots__ = ("body", "id")
+
+    def __init__(self, id: int, body: TBody) -> None:
+        self.id = id
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"Job(id={self.id!r}, body={self.body!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Job):
+            return NotImplemented
+        return bool(self.id == other.id and self.body == other.body)
+
+    def __hash__(self) -> int:
+        return hash((Job, self.id))
+
+
+JobOrID = Union[Job[Any], int]
+"""A job, or a job id."""
+
+
+def _job_id(job: JobOrID) -> int:
+    return job.id if isinstance(job, Job) else job
+
+
+_KEEP_TIMEOUT = object()
+
+
+class Client(Generic[TBody]):
+    """A connection to a beanstalkd server.
+
+    The client connects at once. ``address`` is ``(host, port)``, the path of
+    a Unix socket, or an already connected :class:`socket.socket`. Bodies are
+    ``bytes``; with ``encoding`` set (``'utf-8'``), ``put`` also takes ``str``
+    and jobs come back with ``str`` bodies. ``use`` names the tube to put
+    into and ``watch`` the tube, or tubes, to reserve from.
+
+    ``socket_timeout`` bounds every wait on the socket, in seconds: past it
+    the connection is closed and :class:`ClientTimeoutError` (a builtin
+    :class:`TimeoutError`) is raised. ``reserve(timeout=n)`` may wait ``n``
+    seconds more, and a ``reserve()`` without a timeout waits as long as the
+    server does. ``socket_connect_timeout`` bounds the connect. ``ssl`` wraps
+    the connection in TLS, for servers behind a TLS terminator.
+
+    Raises ValueError or TypeError for invalid arguments (before connecting),
+    and :class:`ClientConnectionError` when the server cannot be reached.
+    """
+
+    @overload
+    def __init__(
+        self: Client[bytes],
+        address: Address,
+        encoding: None = None,
+        use: str = DEFAULT_TUBE,
+        watch: str | Iterable[str] = DEFAULT_TUBE,
+        *,
+        socket_timeout: float | None = None,
+        socket_connect_timeout: float | None = None,
+        ssl: _ssl.SSLContext | None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: Client[str],
+        address: Address,
+        encoding: str,
+        use: str = DEFAULT_TUBE,
+        watch: str | Iterable[str] = DEFAULT_TUBE,
+        *,
+        socket_timeout: float | None = None,
+        socket_connect_timeout: float | None = None,
+        ssl: _ssl.SSLContext | None = None,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        address: Address,
+        encoding: str | None = None,
+        use: str = DEFAULT_TUBE,
+        watch: str | Iterable[str] = DEFAULT_TUBE,
+        *,
+        socket_timeout: float | None = None,
+        socket_connect_timeout: float | None = None,
+        ssl: _ssl.SSLContext | None = None,
+    ) -> None:
+        if encoding is not None:
+            "".encode(encoding)  # a LookupError now, not at the first put
+        watch_list = [watch] if isinstance(watch, str) else list(watch)
+        if not watch_list:
+            raise ValueError("watch must name at least one tube")
+        setup = _setup_requests(use, watch_list)
+        self.address = address
+        self.encoding = encoding
+        self._reader = ReplyReader()
+        self._closed_reason = ""
+        self._socket: socket.socket | None = _connect(
+            address, socket_timeout, socket_connect_timeout, ssl
+        )
+        self._timeout = self._socket.gettimeout()
+        if setup:
+            try:
+                for reply, (_, parse) in zip(self._pipeline([data for data, _ in setup]), setup):
+                    parse(reply)
+            except BaseException:
+                self.close()
+                raise
+
+    def __repr__(self) -> str:
+        state = f"closed ({self._closed_reason})" if self._socket is None else "open"
+        return f"<greenstalk.Client address={self.address!r} {state}>"
+
+    def __enter__(self) -> Client[TBody]:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closed, by :meth:`close` or by a failure."""
+        return self._socket is None
+
+    def close(self) -> None:
+        """Close the connection. Jobs it had reserved go back to the ready queue."""
+        self._abort("closed by the client")
+
+    # -- transport ---------------------------------------------------------
+
+    def _abort(self, reason: str) -> None:
+        sock = self._socket
+        if sock is None:
+            return
+        self._socket = None
+        self._closed_reason = reason
+        with contextlib.suppress(OSError):
+            sock.close()
+
+    def _fail(self, error: BaseException) -> NoReturn:
+        """Close the connection after ``error`` and raise the matching ClientConnectionError."""
+        if isinstance(error, ClientConnectionError):
+            self._abort(str(error))
+            raise error
+        if isinstance(error, socket.timeout):
+            failure: ClientConnectionError = ClientTimeoutError(
+                f"the server did not answer in time ({error}); connection closed"
+            )
+        else:
+            failure = ClientConnectionError(f"connection to the server failed: {error}")
+        self._abort(str(failure))
+        raise failure from error
+
+    def _live_socket(self) -> socket.socket:
+        sock = self._socket
+        if sock is None:
+            raise ClientConnectionError(f"the connection is closed: {self._closed_reason}")
+        return sock
+
+    def _receive(self, sock: socket.socket) -> Reply:
+        reader = self._reader
+        reply = reader.next_reply()
+        while reply is None:
+            data = sock.recv(_RECEIVE_SIZE)
+            if not data:
+                raise ClientConnectionError(
+                    "the server closed the connection"
+                    + ("" if reader.idle else " in the middle of a reply")
+                )
+            reader.feed(data)
+            reply = reader.next_reply()
+        return reply
+
+    def _run(self, request: Request[T], wait: Any = _KEEP_TIMEOUT) -> T:
+        """Send one command and return its parsed reply.
+
+        ``wait`` replaces the socket timeout while waiting for this reply.
+        """
+        data, parse = request
+        sock = self._live_socket()
+        try:
+            if wait is not _KEEP_TIMEOUT:
+                sock.settimeout(wait)
+            sock.sendall(data)
+            reply = self._receive(sock)
+            if wait is not _KEEP_TIMEOUT:
+                sock.settimeout(self._timeout)
+            return parse(reply)
+        except (OSError, ProtocolError) as error:
+            self._fail(error)
+
+    def _pipeline(self, payloads: Sequence[bytes]) -> list[Reply]:
+        """Send many commands without waiting for each reply; return the replies in order."""
+        sock = self._live_socket()
+        replies: list[Reply] = []
+        unread: deque[int] = deque()
+        try:
+            start = 0
+            while start < len(payloads):
+                stop = start
+                size = 0
+                limit = min(len(payloads), start + _BATCH_COMMANDS)
+                while stop < limit and size < _BATCH_BYTES:
+                    size += len(payloads[stop])
+                    stop += 1
+                sock.sendall(b"".join(payloads[start:stop]))
+                unread.append(stop - start)
+                start = stop
+                if len(unread) > 1:
+                    replies.extend(self._receive(sock) for _ in range(unread.popleft()))
+            while unread:
+                replies.extend(self._receive(sock) for _ in range(unread.popleft()))
+        except (OSError, ProtocolError) as error:
+            self._fail(error)
+        return replies
+
+    def _job(self, found: tuple[int, bytes]) -> Job[TBody]:
+        job_id, body = found
+        if self.encoding is None:
+            return Job(job_id, cast(TBody, body))
+        try:
+            return Job(job_id, cast(TBody, body.decode(self.encoding)))
+        except UnicodeDecodeError as error:
+            raise BodyDecodeError(Job(job_id, body), error) from error
+
+    def _body(self, body: bytes | TBody) -> bytes:
+        if isinstance(body, str) and self.encoding is not None:
+            return body.encode(self.encoding)
+        return cast(bytes, body)
+
+    # -- producer ----------------------------------------------------------
+
+    def put(
+        self,
+        body: bytes | TBody,
+        priority: int = DEFAULT_PRIORITY,
+        delay: int = DEFAULT_DELAY,
+        ttr: int = DEFAULT_TTR,
+    ) -> int:
+        """Insert a job into the used tube and return its id.
+
+        ``priority`` is 0 (most urgent) to 2**32-1; ``delay`` is how many
+        seconds the job waits before it can be reserved; ``ttr`` is how many
+        seconds a consumer may hold it before it is handed out again.
+        Raises :class:`JobTooBigError`, :class:`DrainingError`,
+        :class:`BuriedWithJobIDError` (server out of memory), or ValueError and
+        TypeError for invalid arguments.
+        """
+        if self.encoding is not None and isinstance(body, str):
+            body = body.encode(self.encoding)
+        return self._run(commands.put(cast(bytes, body), priority, delay, ttr))
+
+    def put_many(
+        self,
+        bodies: Iterable[bytes | TBody],
+        priority: int = DEFAULT_PRIORITY,
+        delay: int = DEFAULT_DELAY,
+        ttr: int = DEFAULT_TTR,
+    ) -> list[int]:
+        """Insert many jobs into the used tube, pipelined, and return their ids in order.
+
+        Every body is checked before anything is sent. The puts go out in
+        large batches without waiting for each reply, so this costs a few
+        round trips instead of one per job. Raises :class:`PutManyError`
+        when the server refused some bodies: it lists which bodies were
+        inserted under which ids, and the client stays usable.
+        """
+        requests = [commands.put(self._body(body), priority, delay, ttr) for body in bodies]
+        replies = self._pipeline([data for data, _ in requests])
+        ids: list[int | None] = []
+        errors: dict[int, BeanstalkdError] = {}
+        for index, reply in enumerate(replies):
+            try:
+                ids.append(expect_int(reply, b"INSERTED"))
+            except BeanstalkdError as error:
+                ids.append(getattr(error, "id", None))
+                errors[index] = error
+            except ProtocolError as error:
+                self._fail(error)
+        if errors:
+            raise PutManyError(ids, errors)
+        return cast(list[int], ids)
+
+    def use(self, tube: str) -> None:
+        """Make ``put`` insert into ``tube`` (created if missing)."""
+        self._run(commands.use(tube))
+
+    # -- consumer ----------------------------------------------------------
+
+    def reserve(self, timeout: int | None = None) -> Job[TBody]:
+        """Reserve a job from the watched tubes, waiting until one is ready.
+
+        With ``timeout`` (seconds, 0 to poll) raises :class:`TimedOutError`
+        when no job came in time. Raises :class:`DeadlineSoonError` when a
+        job this client holds is within a second of its TTR, and
+        :class:`BodyDecodeError` (the job stays reserved) when the body does
+        not decode.
+        """
+        request = commands.reserve(timeout)
+        if self._timeout is None:
+            wait: Any = _KEEP_TIMEOUT
+        elif timeout is None or timeout > commands.RESERVE_TIMEOUT_MAX:
+            wait = None
+        else:
+            wait = timeout + self._timeout
+        return self._job(self._run(request, wait))
+
+    def reserve_job(self, job: JobOrID) -> Job[TBody]:
+        """Reserve a specific job, in any tube, whatever its state but reserved.
+
+        Raises :class:`NotFoundError` if there is no such job or it is reserved.
+        """
+        return self._job(self._run(commands.reserve_job(_job_id(job))))
+
+    def delete(self, job: JobOrID) -> None:
+        """Delete a job: one reserved by this client, or a ready, delayed or buried one."""
+        self._run(commands.delete(_job_id(job)))
+
+    def release(
+        self, job: JobOrID, priority: int = DEFAULT_PRIORITY, delay: int = DEFAULT_DELAY
+    ) -> None:
+        """Put a job this client reserved back into its tube, ready or after ``delay`` seconds.
+
+        Raises :class:`NotFoundError` if this client does not hold the job.
+        """
+        self._run(commands.release(_job_id(job), priority, delay))
+
+    def bury(self, job: JobOrID, priority: int = DEFAULT_PRIORITY) -> None:
+        """Move a job this client reserved to its tube's buried list.
+
+        Raises :class:`NotFoundError` if this client does not hold the job.
+        """
+        self._run(commands.bury(_job_id(job), priority))
+
+    def touch(self, job: JobOrID) -> None:
+        """Restart the TTR of a job this client reserved.
+
+        Raises :class:`NotFoundError` if this client does not hold the job.
+        """
+        self._run(commands.touch(_job_id(job)))
+
+    def watch(self, tube: str) -> int:
+        """Add ``tube`` to the watch list and return how many tubes are watched."""
+        return self._run(commands.watch(tube))
+
+    def ignore(self, tube: str) -> int:
+        """Remove ``tube`` from the watch list and return how many tubes are watched.
+
+        Raises :class:`NotIgnoredError` if it is the only watched tube.
+        """
+        return self._run(commands.ignore(tube))
+
+    # -- inspection --------------------------------------------------------
+
+    def peek(self, id: JobOrID) -> Job[TBody]:
+        """Return a job by id, in any tube and state, without reserving it.
+
+        Raises :class:`NotFoundError` if there is no such job.
+        """
+        return self._job(self._run(commands.peek(_job_id(id))))
+
+    def peek_ready(self) -> Job[TBody]:
+        """Return the job of the used tube that would be reserved next.
+
+        Raises :class:`NotFoundError` if it has no ready job.
+        """
+        return self._job(self._run(commands.peek_ready()))
+
+    def peek_delayed(self) -> Job[TBody]:
+        """Return the delayed job of the used tube that becomes ready soonest.
+
+        Raises :class:`NotFoundError` if it has no delayed job.
+        """
+        return self._job(self._run(commands.peek_delayed()))
+
+    def peek_buried(self) -> Job[TBody]:
+        """Return the oldest buried job of the used tube.
+
+        Raises :class:`NotFoundError` if it has no buried job.
+        """
+        return self._job(self._run(commands.peek_buried()))
+
+    def kick(self, bound: int) -> int:
+        """Move up to ``bound`` jobs of the used tube to ready and return how many moved.
+
+        Buried jobs are kicked if there are any, otherwise delayed ones.
+        """
+        return self._run(commands.kick(bound))
+
+    def kick_job(self, job: JobOrID) -> None:
+        """Move one buried or delayed job to ready.
+
+        Raises :class:`NotFoundError` if the job is not buried or delayed.
+        """
+        self._run(commands.kick_job(_job_id(job)))
+
+    def stats_job(self, job: JobOrID) -> StatsJob:
+        """Return the statistics of a job. Raises :class:`NotFoundError`."""
+        return cast(StatsJob, self._run(commands.stats_job(_job_id(job))))
+
+    def stats_tube(self, tube: str) -> StatsTube:
+        """Return the statistics of a tube. Raises :class:`NotFoundError`."""
+        return cast(StatsTube, self._run(commands.stats_tube(tube)))
+
+    def stats(self) -> Stats:
+        """Return the server's statistics."""
+        return cast(Stats, self._run(commands.stats()))
+
+    def tubes(self) -> list[str]:
+        """Return the names of all existing tubes."""
+        return self._run(commands.list_tubes())
+
+    def using(self) -> str:
+        """Return the tube that ``put`` inserts into."""
+        return self._run(commands.list_tube_used())
+
+    def watching(self) -> list[str]:
+        """Return the watched tubes."""
+        return self._run(commands.list_tubes_watched())
+
+    def pause_tube(self, tube: str, delay: int) -> None:
+        """Hold back reservations from ``tube`` for ``delay`` seconds (0 ends a pause).
+
+        Raises :class:`NotFoundError` if the tube does not exist.
+        """
+        self._run(commands.pause_tube(tube, delay))
+
+
+def _setup_requests(use: str, watch: list[str]) -> list[Request[Any]]:
+    """The commands that give a new connection its used tube and watch list."""
+    requests: list[Request[Any]] = []
+    if use != DEFAULT_TUBE:
+        requests.append(commands.use(use))
+    requests.extend(commands.watch(tube) for tube in watch if tube != DEFAULT_TUBE)
+    if DEFAULT_TUBE not in watch:
+        requests.append(commands.ignore(DEFAULT_TUBE))
+    return requests
+
+
+def _connect(
+    address: Address,
+    timeout: float | None,
+    connect_timeout: float | None,
+    context: _ssl.SSLContext | None,
+) -> socket.socket:
+    """Open (or adopt) the connection. Raises :class:`ClientConnectionError`."""
+    if isinstance(address, socket.socket):
+        sock = address
+        if timeout is not None or sock.gettimeout() == 0.0:
+            sock.settimeout(timeout)
+        return sock
+    host: str | None = None
+    try:
+        if isinstance(address, tuple):
+            host, port = address
+            sock = socket.create_connection((host, port), timeout=connect_timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        else:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(connect_timeout)
+                sock.connect(os.fspath(address))
+            except BaseException:
+                sock.close()
+                raise
+        if context is not None:
+            sock = context.wrap_socket(sock, server_hostname=host)
+    except socket.timeout as error:
+        raise ClientTimeoutError(f"cannot connect to {address!r}: timed out") from error
+    except OSError as error:
+        raise ClientConnectionError(f"cannot connect to {address!r}: {error}") from error
+    sock.settimeout(timeout)
+    return sock
+
+
+__all__ = [
+    "DEFAULT_DELAY",
+    "DEFAULT_PRIORITY",
+    "DEFAULT_TTR",
+    "DEFAULT_TUBE",
+    "Address",
+    "Client",
+    "Job",
+    "JobOrID",
+]
