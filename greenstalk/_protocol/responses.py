@@ -21,7 +21,7 @@ from .errors import ProtocolError, error_for
 MAX_REPLY_LINE = 1024
 
 _CRLF = b"\r\n"
-# Status -> how many values precede the data size, for replies with data.
+# Status -> how many values (the data size last) a reply with data has.
 _DATA_STATUSES = {b"RESERVED": 2, b"FOUND": 2, b"OK": 1}
 _MAX_SIZE_DIGITS = 20
 
@@ -118,7 +118,7 @@ class ReplyReader:
 
 
 def _data_size(status: bytes, values: list[bytes], value_count: int) -> int:
-    if len(values) != value_count + 1:
+    if len(values) != value_count:
         raise ProtocolError(f"malformed {status.decode()} reply: {values!r}")
     for value in values:
         if not value.isdigit() or len(value) > _MAX_SIZE_DIGITS:
