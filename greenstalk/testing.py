@@ -57,20 +57,25 @@ def find_beanstalkd() -> str:
 
 
 @contextlib.contextmanager
-def run_beanstalkd(unix: bool = False, args: Sequence[str] = ()) -> Iterator[BeanstalkdProcess]:
-    """Run beanstalkd on a free loopback port (or a Unix socket when ``unix``) until exit.
+def run_beanstalkd(
+    unix: bool = False, args: Sequence[str] = (), address: ServerAddress | None = None
+) -> Iterator[BeanstalkdProcess]:
+    """Run beanstalkd until exit, listening on ``address``.
 
-    ``args`` are extra beanstalkd flags, such as ``["-z", "100"]``.
-    Raises FileNotFoundError when beanstalkd is not installed.
+    Without an ``address``: a free loopback port, or a socket in a new
+    temporary directory when ``unix`` is true. ``args`` are extra beanstalkd
+    flags, such as ``["-z", "100"]``. Raises FileNotFoundError when
+    beanstalkd is not installed, OSError when the address cannot be bound.
     """
     binary = find_beanstalkd()
     with contextlib.ExitStack() as stack:
-        address: ServerAddress
-        if unix:
-            directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="beanstalkd-"))
-            address = os.path.join(directory, "socket")
+        if isinstance(address, str) or (address is None and unix):
+            if address is None:
+                directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="beanstalkd-"))
+                address = os.path.join(directory, "socket")
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             listener.bind(address)
+            stack.callback(os.unlink, address)
         else:
             listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             # beanstalkd sets these on the listeners it makes; accepted
@@ -78,7 +83,8 @@ def run_beanstalkd(unix: bool = False, args: Sequence[str] = ()) -> Iterator[Bea
             # replies to pipelined commands stall on Nagle's algorithm.
             listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            listener.bind(("127.0.0.1", 0))
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(address or ("127.0.0.1", 0))
             address = listener.getsockname()
         with listener:
             listener.listen(1024)
