@@ -32,6 +32,9 @@ DEFAULT_TTR = 60
 TBody = TypeVar("TBody")
 T = TypeVar("T")
 
+Body = Union[bytes, bytearray, memoryview]
+"""What ``put`` takes as a body besides ``str`` (with an encoding)."""
+
 Address = Union[tuple[str, int], str, "os.PathLike[str]", socket.socket]
 """Where the server is: ``(host, port)``, a Unix socket path, or a connected socket."""
 
@@ -275,7 +278,7 @@ class Client(Generic[TBody]):
         except UnicodeDecodeError as error:
             raise BodyDecodeError(Job(job_id, body), error) from error
 
-    def _body(self, body: bytes | TBody) -> bytes:
+    def _body(self, body: Body | TBody) -> bytes:
         if isinstance(body, str) and self.encoding is not None:
             return body.encode(self.encoding)
         return cast(bytes, body)
@@ -284,7 +287,7 @@ class Client(Generic[TBody]):
 
     def put(
         self,
-        body: bytes | TBody,
+        body: Body | TBody,
         priority: int = DEFAULT_PRIORITY,
         delay: int = DEFAULT_DELAY,
         ttr: int = DEFAULT_TTR,
@@ -298,13 +301,11 @@ class Client(Generic[TBody]):
         :class:`BuriedWithJobIDError` (server out of memory), or ValueError and
         TypeError for invalid arguments.
         """
-        if self.encoding is not None and isinstance(body, str):
-            body = body.encode(self.encoding)
-        return self._run(commands.put(cast(bytes, body), priority, delay, ttr))
+        return self._run(commands.put(self._body(body), priority, delay, ttr))
 
     def put_many(
         self,
-        bodies: Iterable[bytes | TBody],
+        bodies: Iterable[Body | TBody],
         priority: int = DEFAULT_PRIORITY,
         delay: int = DEFAULT_DELAY,
         ttr: int = DEFAULT_TTR,

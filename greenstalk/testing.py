@@ -18,6 +18,8 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Union
 
+from .client import Client
+
 ServerAddress = Union[tuple[str, int], str]
 
 # bash moves the inherited socket to fd 3, where socket activation expects
@@ -36,8 +38,18 @@ class BeanstalkdProcess:
         self.process = process
 
     def drain(self) -> None:
-        """Put the server in drain mode (SIGUSR1): it refuses new jobs from now on."""
-        self.process.send_signal(signal.SIGUSR1)
+        """Put the server in drain mode (SIGUSR1): it refuses new jobs from now on.
+
+        Returns once the server reports ``draining: true``.
+        """
+        # One round trip first: until the server has answered a command it
+        # may not have installed its SIGUSR1 handler, and the signal would
+        # kill it.
+        with Client(self.address) as client:
+            client.using()
+            self.process.send_signal(signal.SIGUSR1)
+            while client.stats()["draining"] != "true":
+                pass
 
     def stop(self) -> None:
         """Stop the server and wait for it to exit."""
