@@ -75,9 +75,6 @@ def _job_id(job: JobOrID) -> int:
     return job.id if isinstance(job, Job) else job
 
 
-_KEEP_TIMEOUT = object()
-
-
 class Client(Generic[TBody]):
     """A connection to a beanstalkd server.
 
@@ -212,59 +209,72 @@ class Client(Generic[TBody]):
             raise ClientConnectionError(f"the connection is closed: {self._closed_reason}")
         return sock
 
-    def _receive(self, sock: socket.socket) -> Reply:
+    def _receive(self, sock: socket.socket, replies: list[Reply], wanted: int, sent: int) -> None:
+        """Read replies into ``replies`` until it holds ``wanted`` of them.
+
+        Raises :class:`ProtocolError` if the server sent more replies than
+        the ``sent`` commands asked for: an unasked-for reply would be
+        taken as the answer to the next command.
+        """
         reader = self._reader
-        reply = reader.next_reply()
-        while reply is None:
+        while len(replies) < wanted:
             data = sock.recv(_RECEIVE_SIZE)
             if not data:
                 raise ClientConnectionError(
                     "the server closed the connection"
                     + ("" if reader.idle else " in the middle of a reply")
                 )
-            reader.feed(data)
-            reply = reader.next_reply()
-        return reply
+            replies += reader.receive(data)
+        if len(replies) > sent:
+            raise ProtocolError("the server sent a reply to no command")
 
-    def _run(self, request: Request[T], wait: Any = _KEEP_TIMEOUT) -> T:
-        """Send one command and return its parsed reply.
-
-        ``wait`` replaces the socket timeout while waiting for this reply.
-        """
+    def _run(self, request: Request[T]) -> T:
+        """Send one command and return its parsed reply."""
         data, parse = request
-        sock = self._live_socket()
+        sock = self._socket
+        if sock is None:
+            sock = self._live_socket()
         try:
-            if wait is not _KEEP_TIMEOUT:
-                sock.settimeout(wait)
             sock.sendall(data)
-            reply = self._receive(sock)
-            if wait is not _KEEP_TIMEOUT:
-                sock.settimeout(self._timeout)
-            return parse(reply)
+            replies = self._reader.receive(sock.recv(_RECEIVE_SIZE))
+            if len(replies) != 1:
+                self._receive(sock, replies, 1, 1)
+            return parse(replies[0])
         except (OSError, ProtocolError) as error:
             self._fail(error)
+
+    def _run_waiting(self, request: Request[T], wait: float | None) -> T:
+        """Like :meth:`_run`, with the socket timeout set to ``wait`` for this reply."""
+        sock = self._live_socket()
+        try:
+            sock.settimeout(wait)
+            result = self._run(request)
+        finally:
+            if self._socket is not None:
+                sock.settimeout(self._timeout)
+        return result
 
     def _pipeline(self, payloads: Sequence[bytes]) -> list[Reply]:
         """Send many commands without waiting for each reply; return the replies in order."""
         sock = self._live_socket()
         replies: list[Reply] = []
-        unread: deque[int] = deque()
+        # Commands sent when each batch went out; at most two batches unread.
+        sent_after: deque[int] = deque()
+        sent = 0
         try:
-            start = 0
-            while start < len(payloads):
-                stop = start
+            while sent < len(payloads):
+                stop = sent
                 size = 0
-                limit = min(len(payloads), start + _BATCH_COMMANDS)
+                limit = min(len(payloads), sent + _BATCH_COMMANDS)
                 while stop < limit and size < _BATCH_BYTES:
                     size += len(payloads[stop])
                     stop += 1
-                sock.sendall(b"".join(payloads[start:stop]))
-                unread.append(stop - start)
-                start = stop
-                if len(unread) > 1:
-                    replies.extend(self._receive(sock) for _ in range(unread.popleft()))
-            while unread:
-                replies.extend(self._receive(sock) for _ in range(unread.popleft()))
+                sock.sendall(b"".join(payloads[sent:stop]))
+                sent = stop
+                sent_after.append(sent)
+                if len(sent_after) > 1:
+                    self._receive(sock, replies, sent_after.popleft(), sent)
+            self._receive(sock, replies, sent, sent)
         except (OSError, ProtocolError) as error:
             self._fail(error)
         return replies
@@ -279,7 +289,7 @@ class Client(Generic[TBody]):
             raise BodyDecodeError(Job(job_id, body), error) from error
 
     def _body(self, body: Body | TBody) -> bytes:
-        if isinstance(body, str) and self.encoding is not None:
+        if self.encoding is not None and type(body) is str:
             return body.encode(self.encoding)
         return cast(bytes, body)
 
@@ -301,7 +311,9 @@ class Client(Generic[TBody]):
         :class:`BuriedWithJobIDError` (server out of memory), or ValueError and
         TypeError for invalid arguments.
         """
-        return self._run(commands.put(self._body(body), priority, delay, ttr))
+        if type(body) is str and self.encoding is not None:
+            body = body.encode(self.encoding)
+        return self._run(commands.put(cast(bytes, body), priority, delay, ttr))
 
     def put_many(
         self,
@@ -351,12 +363,10 @@ class Client(Generic[TBody]):
         """
         request = commands.reserve(timeout)
         if self._timeout is None:
-            wait: Any = _KEEP_TIMEOUT
-        elif timeout is None or timeout > commands.RESERVE_TIMEOUT_MAX:
-            wait = None
-        else:
-            wait = timeout + self._timeout
-        return self._job(self._run(request, wait))
+            return self._job(self._run(request))
+        if timeout is None or timeout > commands.RESERVE_TIMEOUT_MAX:
+            return self._job(self._run_waiting(request, None))
+        return self._job(self._run_waiting(request, timeout + self._timeout))
 
     def reserve_job(self, job: JobOrID) -> Job[TBody]:
         """Reserve a specific job, in any tube, whatever its state but reserved.

@@ -61,6 +61,8 @@ def check_job_id(value: object) -> int:
 
     Raises TypeError for a non-int, ValueError when out of range.
     """
+    if type(value) is int and 0 <= value <= U64_MAX:
+        return value
     return _integer("job id", value, U64_MAX)
 
 
@@ -167,14 +169,18 @@ def _tube_list(reply: Reply) -> list[str]:
 
 def put(body: bytes, priority: int, delay: int, ttr: int) -> Request[int]:
     """``put``: insert a job into the used tube; the reply gives its id."""
-    body = check_body(body)
-    return b"put %d %d %d %d\r\n%b\r\n" % (
-        check_u32("priority", priority),
-        check_u32("delay", delay),
-        check_u32("ttr", ttr),
-        len(body),
-        body,
-    ), _inserted
+    if type(body) is not bytes:
+        body = check_body(body)
+    # Fast path for the common case: three plain ints, and since U32_MAX is
+    # all one bits, their OR is in range exactly when each of them is.
+    if not (
+        type(priority) is type(delay) is type(ttr) is int
+        and 0 <= (priority | delay | ttr) <= U32_MAX
+    ):
+        priority = check_u32("priority", priority)
+        delay = check_u32("delay", delay)
+        ttr = check_u32("ttr", ttr)
+    return b"put %d %d %d %d\r\n%b\r\n" % (priority, delay, ttr, len(body), body), _inserted
 
 
 def use(tube: str) -> Request[str]:
