@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import Any, Generic, NoReturn, TypeVar, Union, cast, overload
 
 from ._protocol import commands
-from ._protocol.commands import Request
+from ._protocol.commands import BodyBytes, Request
 from ._protocol.errors import (
     BeanstalkdError,
     ClientConnectionError,
@@ -31,9 +31,6 @@ DEFAULT_TTR = 60
 
 TBody = TypeVar("TBody")
 T = TypeVar("T")
-
-Body = Union[bytes, bytearray, memoryview]
-"""What ``put`` takes as a body besides ``str`` (with an encoding)."""
 
 Address = Union[tuple[str, int], str, "os.PathLike[str]", socket.socket]
 """Where the server is: ``(host, port)``, a Unix socket path, or a connected socket."""
@@ -288,16 +285,16 @@ class Client(Generic[TBody]):
         except UnicodeDecodeError as error:
             raise BodyDecodeError(Job(job_id, body), error) from error
 
-    def _body(self, body: Body | TBody) -> bytes:
+    def _body(self, body: BodyBytes | TBody) -> BodyBytes:
         if self.encoding is not None and type(body) is str:
             return body.encode(self.encoding)
-        return cast(bytes, body)
+        return cast(BodyBytes, body)
 
     # -- producer ----------------------------------------------------------
 
     def put(
         self,
-        body: Body | TBody,
+        body: BodyBytes | TBody,
         priority: int = DEFAULT_PRIORITY,
         delay: int = DEFAULT_DELAY,
         ttr: int = DEFAULT_TTR,
@@ -313,11 +310,11 @@ class Client(Generic[TBody]):
         """
         if type(body) is str and self.encoding is not None:
             body = body.encode(self.encoding)
-        return self._run(commands.put(cast(bytes, body), priority, delay, ttr))
+        return self._run(commands.put(cast(BodyBytes, body), priority, delay, ttr))
 
     def put_many(
         self,
-        bodies: Iterable[Body | TBody],
+        bodies: Iterable[BodyBytes | TBody],
         priority: int = DEFAULT_PRIORITY,
         delay: int = DEFAULT_DELAY,
         ttr: int = DEFAULT_TTR,

@@ -193,7 +193,8 @@ def test_ttr_expiry_hands_the_job_to_another_consumer(make_client: MakeClient) -
     assert first.reserve().id == job_id
     job = second.reserve(timeout=5)
     assert job.id == job_id
-    assert second.stats_job(job_id)["timeouts"] == 1
+    # At least 1: on a loaded machine the second reservation may time out too.
+    assert second.stats_job(job_id)["timeouts"] >= 1
     with pytest.raises(greenstalk.NotFoundError):
         first.touch(job_id)
 

@@ -10,7 +10,7 @@ before a transport has sent anything, so the connection stays in step.
 from __future__ import annotations
 
 import re
-from typing import Callable, TypeVar
+from typing import Callable, TypeVar, Union
 
 from .responses import Reply, expect_data, expect_int, expect_job, expect_nothing, expect_word
 from .stats import (
@@ -26,6 +26,9 @@ T = TypeVar("T")
 
 Request = tuple[bytes, Callable[[Reply], T]]
 """The bytes of one command and the parser of its reply."""
+
+BodyBytes = Union[bytes, bytearray, memoryview]
+"""The binary types a job body may be given as."""
 
 U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1
@@ -167,7 +170,7 @@ def _tube_list(reply: Reply) -> list[str]:
     return parse_list(expect_data(reply))
 
 
-def put(body: bytes, priority: int, delay: int, ttr: int) -> Request[int]:
+def put(body: BodyBytes, priority: int, delay: int, ttr: int) -> Request[int]:
     """``put``: insert a job into the used tube; the reply gives its id."""
     if type(body) is not bytes:
         body = check_body(body)
@@ -191,7 +194,9 @@ def use(tube: str) -> Request[str]:
 def reserve(timeout: int | None) -> Request[tuple[int, bytes]]:
     """``reserve`` (timeout None) or ``reserve-with-timeout``.
 
-    Timeouts above 2**31-1 seconds (68 years) are sent as a plain ``reserve``.
+    The timeout must be 0..2**32-1 seconds like every other duration; values
+    above 2**31-1 (68 years), which beanstalkd cannot hold, become a plain
+    ``reserve``.
     """
     if timeout is None or check_u32("timeout", timeout) > RESERVE_TIMEOUT_MAX:
         return b"reserve\r\n", _reserved

@@ -43,7 +43,7 @@ class ReplyReader:
     :meth:`feed` and :meth:`next_reply` offer the same one reply at a time.
     """
 
-    __slots__ = ("_chunked", "_chunks", "_data", "_header", "_pos", "_ready")
+    __slots__ = ("_chunked", "_chunks", "_data", "_error", "_header", "_pos", "_ready")
 
     def __init__(self) -> None:
         self._data = b""
@@ -54,6 +54,7 @@ class ReplyReader:
         self._chunks: list[bytes] = []
         self._chunked = 0
         self._ready: deque[Reply] = deque()
+        self._error: ProtocolError | None = None
 
     @property
     def idle(self) -> bool:
@@ -63,67 +64,87 @@ class ReplyReader:
     def receive(self, data: bytes) -> list[Reply]:
         """Add bytes from the server; return the replies they complete, in order.
 
-        Raises :class:`ProtocolError` when the bytes cannot be a beanstalkd reply.
+        Raises :class:`ProtocolError` when the bytes cannot be a beanstalkd
+        reply. Complete replies before the bad bytes are still returned; the
+        error is then raised by the next call, and by every call after it.
         """
+        if self._error is not None:
+            raise self._error
         replies: list[Reply] = []
-        if self._header is not None:
-            self._chunks.append(data)
-            self._chunked += len(data)
-            first = self._finish_data_reply(self._header)
-            if first is None:
-                return replies
-            replies.append(first)
-            data = self._data
-            pos = self._pos
-        elif self._pos < len(self._data):
-            data = self._data[self._pos :] + data
-            pos = 0
-        else:
-            pos = 0
-        # One loop over every complete reply in the buffer, for speed.
-        while True:
-            if pos == len(data):
-                self._data = b""
-                self._pos = 0
-                return replies
-            end = data.find(_CRLF, pos)
-            if end < 0:
-                if len(data) - pos > MAX_REPLY_LINE:
+        try:
+            if self._header is not None:
+                self._chunks.append(data)
+                self._chunked += len(data)
+                first = self._finish_data_reply(self._header)
+                if first is None:
+                    return replies
+                replies.append(first)
+                data = self._data
+                pos = self._pos
+            elif self._pos < len(self._data):
+                data = self._data[self._pos :] + data
+                pos = 0
+            else:
+                pos = 0
+            # One loop over every complete reply in the buffer, for speed.
+            while True:
+                if pos == len(data):
+                    self._data = b""
+                    self._pos = 0
+                    return replies
+                end = data.find(_CRLF, pos)
+                if end < 0:
+                    # A final CR may be the first half of the line's CRLF.
+                    if len(data) - pos - data.endswith(b"\r") > MAX_REPLY_LINE:
+                        raise ProtocolError(f"reply line longer than {MAX_REPLY_LINE} bytes")
+                    self._data = data
+                    self._pos = pos
+                    return replies
+                if end - pos > MAX_REPLY_LINE:
                     raise ProtocolError(f"reply line longer than {MAX_REPLY_LINE} bytes")
-                self._data = data
-                self._pos = pos
-                return replies
-            values = data[pos:end].split(b" ")
-            status = values[0]
-            del values[0]
-            pos = end + 2
-            value_count = _DATA_STATUSES.get(status)
-            if value_count is None:
-                replies.append((status, values, None))
-                continue
-            size = _data_size(status, values, value_count)
-            del values[-1]
-            stop = pos + size
-            if len(data) < stop + 2:
-                self._header = (status, values, size)
-                rest = data[pos:]
-                self._chunks = [rest]
-                self._chunked = len(rest)
-                self._data = b""
-                self._pos = 0
-                return replies
-            if data[stop : stop + 2] != _CRLF:
-                raise ProtocolError(f"{status.decode()} data not followed by CRLF")
-            replies.append((status, values, data[pos:stop]))
-            pos = stop + 2
+                values = data[pos:end].split(b" ")
+                status = values[0]
+                del values[0]
+                pos = end + 2
+                value_count = _DATA_STATUSES.get(status)
+                if value_count is None:
+                    replies.append((status, values, None))
+                    continue
+                size = _data_size(status, values, value_count)
+                del values[-1]
+                stop = pos + size
+                if len(data) < stop + 2:
+                    self._header = (status, values, size)
+                    rest = data[pos:]
+                    self._chunks = [rest]
+                    self._chunked = len(rest)
+                    self._data = b""
+                    self._pos = 0
+                    return replies
+                if data[stop : stop + 2] != _CRLF:
+                    raise ProtocolError(f"{status.decode()} data not followed by CRLF")
+                replies.append((status, values, data[pos:stop]))
+                pos = stop + 2
+        except ProtocolError as error:
+            self._error = error
+            if not replies:
+                raise
+            return replies
 
     def feed(self, data: bytes) -> None:
         """Add bytes from the server, for :meth:`next_reply` to take."""
         self._ready.extend(self.receive(data))
 
     def next_reply(self) -> Reply | None:
-        """Return the next complete reply fed so far, or None."""
-        return self._ready.popleft() if self._ready else None
+        """Return the next complete reply fed so far, or None.
+
+        Raises :class:`ProtocolError` once the replies before bad bytes are taken.
+        """
+        if self._ready:
+            return self._ready.popleft()
+        if self._error is not None:
+            raise self._error
+        return None
 
     def _finish_data_reply(self, header: tuple[bytes, list[bytes], int]) -> Reply | None:
         status, values, size = header
