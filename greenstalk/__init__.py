@@ -31,11 +31,23 @@ from .client import (
     DEFAULT_TUBE,
     Address,
     Client,
+    ConnectionTarget,
     Job,
     JobOrID,
 )
 
 __version__ = "3.0.0.dev0"
+
+# Tracebacks and reprs name the exceptions where users import them from.
+for _error_class in (
+    BadFormatError, BeanstalkdError, BodyDecodeError, BuriedError, BuriedWithJobIDError,
+    ClientConnectionError, ClientTimeoutError, DeadlineSoonError, DrainingError, Error,
+    ExpectedCrlfError, InternalError, JobTooBigError, NotFoundError, NotIgnoredError,
+    OutOfMemoryError, ProtocolError, PutManyError, TimedOutError, UnknownCommandError,
+    UnknownResponseError,
+):
+    _error_class.__module__ = __name__
+del _error_class
 
 __all__ = [
     "DEFAULT_DELAY",
@@ -51,6 +63,7 @@ __all__ = [
     "Client",
     "ClientConnectionError",
     "ClientTimeoutError",
+    "ConnectionTarget",
     "DeadlineSoonError",
     "DrainingError",
     "Error",

@@ -35,6 +35,9 @@ T = TypeVar("T")
 Address = Union[tuple[str, int], str, "os.PathLike[str]", socket.socket]
 """Where the server is: ``(host, port)``, a Unix socket path, or a connected socket."""
 
+ConnectionTarget = Address
+"""greenstalk 2.x's name for :data:`Address`."""
+
 _RECEIVE_SIZE = 65536
 # put_many keeps at most two batches of unread replies in flight: few enough
 # that the replies always fit in the socket buffers (so neither side blocks
@@ -305,8 +308,8 @@ class Client(Generic[TBody]):
         seconds the job waits before it can be reserved; ``ttr`` is how many
         seconds a consumer may hold it before it is handed out again.
         Raises :class:`JobTooBigError`, :class:`DrainingError`,
-        :class:`BuriedWithJobIDError` (server out of memory), or ValueError and
-        TypeError for invalid arguments.
+        :class:`OutOfMemoryError` or :class:`BuriedWithJobIDError` (server out
+        of memory), or ValueError and TypeError for invalid arguments.
         """
         if type(body) is str and self.encoding is not None:
             body = body.encode(self.encoding)
@@ -366,7 +369,7 @@ class Client(Generic[TBody]):
         return self._job(self._run_waiting(request, timeout + self._timeout))
 
     def reserve_job(self, job: JobOrID) -> Job[TBody]:
-        """Reserve a specific job, in any tube, whatever its state but reserved.
+        """Reserve a specific job, in any tube and in any state except reserved.
 
         Raises :class:`NotFoundError` if there is no such job or it is reserved.
         """
@@ -541,6 +544,7 @@ __all__ = [
     "DEFAULT_TUBE",
     "Address",
     "Client",
+    "ConnectionTarget",
     "Job",
     "JobOrID",
 ]

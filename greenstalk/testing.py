@@ -34,7 +34,9 @@ class BeanstalkdProcess:
     """A running beanstalkd: its address and process, and ways to stop or signal it."""
 
     def __init__(self, address: ServerAddress, process: subprocess.Popen[bytes]) -> None:
+        #: Where the server listens: ``(host, port)`` or a Unix socket path.
         self.address = address
+        #: The server process.
         self.process = process
 
     def drain(self) -> None:
@@ -72,7 +74,7 @@ def find_beanstalkd() -> str:
 def run_beanstalkd(
     unix: bool = False, args: Sequence[str] = (), address: ServerAddress | None = None
 ) -> Iterator[BeanstalkdProcess]:
-    """Run beanstalkd until exit, listening on ``address``.
+    """Run beanstalkd, listening on ``address``, until the ``with`` block exits.
 
     Without an ``address``: a free loopback port, or a socket in a new
     temporary directory when ``unix`` is true. ``args`` are extra beanstalkd

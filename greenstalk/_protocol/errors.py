@@ -67,6 +67,11 @@ class BuriedWithJobIDError(BuriedError):
     def __init__(self, job_id: int) -> None:
         super().__init__(job_id)
 
+    @property
+    def job_id(self) -> int:
+        """The id of the buried job (the name greenstalk 2.0 used)."""
+        return self.id
+
 
 class DrainingError(BeanstalkdError):
     """DRAINING: the server is in drain mode and accepts no new jobs."""

@@ -73,7 +73,7 @@ Stats = TypedDict(
         "platform": str,
     },
 )
-"""The server-wide statistics returned by ``stats()``, in beanstalkd's order."""
+Stats.__doc__ = "The server-wide statistics returned by ``stats()``, in beanstalkd's order."
 
 StatsTube = TypedDict(
     "StatsTube",
@@ -94,7 +94,7 @@ StatsTube = TypedDict(
         "pause-time-left": int,
     },
 )
-"""The statistics of one tube returned by ``stats_tube()``."""
+StatsTube.__doc__ = "The statistics of one tube returned by ``stats_tube()``."
 
 StatsJob = TypedDict(
     "StatsJob",
@@ -115,7 +115,7 @@ StatsJob = TypedDict(
         "kicks": int,
     },
 )
-"""The statistics of one job returned by ``stats_job()``."""
+StatsJob.__doc__ = "The statistics of one job returned by ``stats_job()``."
 
 SERVER_TEXT_FIELDS = frozenset({"version", "draining", "id", "hostname", "os", "platform"})
 TUBE_TEXT_FIELDS = frozenset({"name"})
