@@ -6,6 +6,7 @@ import contextlib
 import os
 import socket
 import ssl as _ssl
+import struct
 from collections import deque
 from collections.abc import Iterable, Sequence
 from types import TracebackType
@@ -239,6 +240,8 @@ class Client(Generic[TBody]):
             replies = self._reader.receive(sock.recv(_RECEIVE_SIZE))
             if len(replies) != 1:
                 self._receive(sock, replies, 1, 1)
+            if not self._reader.idle:
+                raise ProtocolError("the server sent bytes that answer no command")
             return parse(replies[0])
         except (OSError, ProtocolError) as error:
             self._fail(error)
@@ -275,6 +278,8 @@ class Client(Generic[TBody]):
                 if len(sent_after) > 1:
                     self._receive(sock, replies, sent_after.popleft(), sent)
             self._receive(sock, replies, sent, sent)
+            if not self._reader.idle:
+                raise ProtocolError("the server sent bytes that answer no command")
         except (OSError, ProtocolError) as error:
             self._fail(error)
         return replies
@@ -506,35 +511,65 @@ def _connect(
     connect_timeout: float | None,
     context: _ssl.SSLContext | None,
 ) -> socket.socket:
-    """Open (or adopt) the connection. Raises :class:`ClientConnectionError`."""
-    if isinstance(address, socket.socket):
-        sock = address
-        if timeout is not None or sock.gettimeout() == 0.0:
-            sock.settimeout(timeout)
-        return sock
-    host: str | None = None
+    """Open (or adopt) the connection, with TLS when ``context`` is given.
+
+    Raises :class:`ClientTimeoutError` or :class:`ClientConnectionError`.
+    """
+    adopted = isinstance(address, socket.socket)
+    sock: socket.socket | None = None
     try:
-        if isinstance(address, tuple):
-            host, port = address
-            sock = socket.create_connection((host, port), timeout=connect_timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        else:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.settimeout(connect_timeout)
-                sock.connect(os.fspath(address))
-            except BaseException:
-                sock.close()
-                raise
+        sock = address if isinstance(address, socket.socket) else _open(address, connect_timeout)
         if context is not None:
+            # The handshake is part of connecting, and bounded like it.
+            sock.settimeout(connect_timeout if connect_timeout is not None else timeout)
+            host = address[0] if isinstance(address, tuple) else None
             sock = context.wrap_socket(sock, server_hostname=host)
-    except socket.timeout as error:
-        raise ClientTimeoutError(f"cannot connect to {address!r}: timed out") from error
-    except OSError as error:
-        raise ClientConnectionError(f"cannot connect to {address!r}: {error}") from error
-    sock.settimeout(timeout)
+    except BaseException as error:
+        if sock is not None and not adopted:
+            sock.close()
+        if isinstance(error, socket.timeout):
+            raise ClientTimeoutError(f"cannot connect to {address!r}: timed out") from error
+        if isinstance(error, OSError):
+            raise ClientConnectionError(f"cannot connect to {address!r}: {error}") from error
+        raise
+    # An adopted plain socket keeps its own timeout unless one was asked for.
+    if not adopted or context is not None or timeout is not None or sock.gettimeout() == 0.0:
+        sock.settimeout(timeout)
     return sock
+
+
+def _open(
+    address: tuple[str, int] | str | os.PathLike[str], timeout: float | None
+) -> socket.socket:
+    """Connect to ``(host, port)`` over TCP, or to a Unix socket path."""
+    if isinstance(address, tuple):
+        sock = socket.create_connection(address, timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        return sock
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        if timeout is not None:
+            # A Unix socket connect in non-blocking mode fails at once when
+            # the server's queue is full; a blocking one waits, and Linux
+            # bounds that wait by the send timeout.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout))
+        try:
+            sock.connect(os.fspath(address))
+        except BlockingIOError as error:
+            raise socket.timeout("timed out") from error
+        if timeout is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _timeval(seconds: float) -> bytes:
+    """A C ``struct timeval`` (0 means no limit, so a limit is at least 1 µs)."""
+    microseconds = max(round(seconds * 1_000_000), 1 if seconds > 0 else 0)
+    return struct.pack("ll", *divmod(microseconds, 1_000_000))
 
 
 __all__ = [

@@ -126,7 +126,7 @@ class UnknownResponseError(ProtocolError):
     """A well-formed reply line that does not answer the command that was sent."""
 
     def __init__(self, status: bytes, values: list[bytes]) -> None:
-        super().__init__(status, values)
+        super().__init__(f"unexpected reply: {b' '.join([status, *values])!r}")
         self.status = status
         self.values = values
 

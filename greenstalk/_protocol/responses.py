@@ -59,7 +59,12 @@ class ReplyReader:
     @property
     def idle(self) -> bool:
         """True when nothing is buffered: no partial reply and no reply not yet taken."""
-        return self._header is None and self._pos >= len(self._data) and not self._ready
+        return (
+            self._header is None
+            and self._pos >= len(self._data)
+            and not self._ready
+            and self._error is None
+        )
 
     def receive(self, data: bytes) -> list[Reply]:
         """Add bytes from the server; return the replies they complete, in order.
@@ -167,7 +172,10 @@ def _data_size(status: bytes, values: list[bytes], value_count: int) -> int:
     for value in values:
         if not value.isdigit() or len(value) > _MAX_SIZE_DIGITS:
             raise ProtocolError(f"malformed {status.decode()} reply: {values!r}")
-    return int(values[-1])
+    size = int(values[-1])
+    if size > 2**32 - 1:
+        raise ProtocolError(f"malformed {status.decode()} reply: {values!r}")
+    return size
 
 
 def expect_nothing(reply: Reply, status: bytes) -> None:
