@@ -240,7 +240,7 @@ class Client(Generic[TBody]):
             replies = self._reader.receive(sock.recv(_RECEIVE_SIZE))
             if len(replies) != 1:
                 self._receive(sock, replies, 1, 1)
-            if not self._reader.idle:
+            if not self._reader.drained:
                 raise ProtocolError("the server sent bytes that answer no command")
             return parse(replies[0])
         except (OSError, ProtocolError) as error:
@@ -278,7 +278,7 @@ class Client(Generic[TBody]):
                 if len(sent_after) > 1:
                     self._receive(sock, replies, sent_after.popleft(), sent)
             self._receive(sock, replies, sent, sent)
-            if not self._reader.idle:
+            if not self._reader.drained:
                 raise ProtocolError("the server sent bytes that answer no command")
         except (OSError, ProtocolError) as error:
             self._fail(error)

@@ -43,7 +43,7 @@ class ReplyReader:
     :meth:`feed` and :meth:`next_reply` offer the same one reply at a time.
     """
 
-    __slots__ = ("_chunked", "_chunks", "_data", "_error", "_header", "_pos", "_ready")
+    __slots__ = ("_chunked", "_chunks", "_data", "_error", "_header", "_pos", "_ready", "drained")
 
     def __init__(self) -> None:
         self._data = b""
@@ -55,16 +55,15 @@ class ReplyReader:
         self._chunked = 0
         self._ready: deque[Reply] = deque()
         self._error: ProtocolError | None = None
+        #: True when every byte received so far was part of a reply that
+        #: :meth:`receive` returned (a plain attribute: transports check it
+        #: after every reply).
+        self.drained = True
 
     @property
     def idle(self) -> bool:
         """True when nothing is buffered: no partial reply and no reply not yet taken."""
-        return (
-            self._header is None
-            and self._pos >= len(self._data)
-            and not self._ready
-            and self._error is None
-        )
+        return self.drained and not self._ready
 
     def receive(self, data: bytes) -> list[Reply]:
         """Add bytes from the server; return the replies they complete, in order.
@@ -75,6 +74,7 @@ class ReplyReader:
         """
         if self._error is not None:
             raise self._error
+        self.drained = False
         replies: list[Reply] = []
         try:
             if self._header is not None:
@@ -96,6 +96,7 @@ class ReplyReader:
                 if pos == len(data):
                     self._data = b""
                     self._pos = 0
+                    self.drained = True
                     return replies
                 end = data.find(_CRLF, pos)
                 if end < 0:
