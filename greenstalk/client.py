@@ -245,6 +245,13 @@ class Client(Generic[TBody]):
             return parse(replies[0])
         except (OSError, ProtocolError) as error:
             self._fail(error)
+        except BeanstalkdError:
+            raise
+        except BaseException:
+            # Interrupted (KeyboardInterrupt, an exception from a signal
+            # handler) with the reply unread: it must not answer the next command.
+            self._abort("interrupted while waiting for a reply")
+            raise
 
     def _run_waiting(self, request: Request[T], wait: float | None) -> T:
         """Like :meth:`_run`, with the socket timeout set to ``wait`` for this reply."""
@@ -282,6 +289,9 @@ class Client(Generic[TBody]):
                 raise ProtocolError("the server sent bytes that answer no command")
         except (OSError, ProtocolError) as error:
             self._fail(error)
+        except BaseException:
+            self._abort("interrupted while waiting for replies")
+            raise
         return replies
 
     def _job(self, found: tuple[int, bytes]) -> Job[TBody]:

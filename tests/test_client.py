@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import signal
 import socket
 import time
 from typing import Any
@@ -713,3 +714,32 @@ def test_job_repr_and_equality() -> None:
     assert job != greenstalk.Job(3, b"other")
     assert job != 3
     assert hash(job) == hash(greenstalk.Job(3, b"other"))
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise Interrupted
+
+
+def test_interrupted_reserve_closes_the_connection(make_client: MakeClient) -> None:
+    client = make_client()
+    other = make_client()
+    previous = signal.signal(signal.SIGALRM, _interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Interrupted):
+            client.reserve(timeout=10)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    # The reserve is still pending on the server; reusing the connection
+    # would take its reply as the answer to the next command.
+    assert client.closed
+    with pytest.raises(greenstalk.ClientConnectionError, match="interrupted"):
+        client.put(b"x")
+    job_id = other.put(b"x")
+    assert other.reserve(timeout=5).id == job_id
+
