@@ -8,7 +8,7 @@ import socket
 import ssl as _ssl
 import struct
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Generic, NoReturn, TypeVar, Union, cast, overload
 
@@ -22,7 +22,7 @@ from ._protocol.errors import (
     PutManyError,
 )
 from ._protocol.errors import BodyDecodeError as BodyDecodeError
-from ._protocol.responses import Reply, ReplyReader, expect_int
+from ._protocol.responses import Reply, ReplyReader
 from ._protocol.stats import Stats, StatsJob, StatsTube
 
 DEFAULT_TUBE = "default"
@@ -264,23 +264,30 @@ class Client(Generic[TBody]):
                 sock.settimeout(self._timeout)
         return result
 
-    def _pipeline(self, payloads: Sequence[bytes]) -> list[Reply]:
-        """Send many commands without waiting for each reply; return the replies in order."""
+    def _pipeline(self, payloads: Iterable[bytes]) -> list[Reply]:
+        """Send many commands without waiting for each reply; return the replies in order.
+
+        The commands are taken from ``payloads`` one batch at a time.
+        """
         sock = self._live_socket()
         replies: list[Reply] = []
         # Commands sent when each batch went out; at most two batches unread.
         sent_after: deque[int] = deque()
         sent = 0
+        pending = iter(payloads)
         try:
-            while sent < len(payloads):
-                stop = sent
+            while True:
+                batch: list[bytes] = []
                 size = 0
-                limit = min(len(payloads), sent + _BATCH_COMMANDS)
-                while stop < limit and size < _BATCH_BYTES:
-                    size += len(payloads[stop])
-                    stop += 1
-                sock.sendall(b"".join(payloads[sent:stop]))
-                sent = stop
+                for payload in pending:
+                    batch.append(payload)
+                    size += len(payload)
+                    if len(batch) == _BATCH_COMMANDS or size >= _BATCH_BYTES:
+                        break
+                if not batch:
+                    break
+                sock.sendall(b"".join(batch))
+                sent += len(batch)
                 sent_after.append(sent)
                 if len(sent_after) > 1:
                     self._receive(sock, replies, sent_after.popleft(), sent)
@@ -345,13 +352,14 @@ class Client(Generic[TBody]):
         when the server refused some bodies: it lists which bodies were
         inserted under which ids, and the client stays usable.
         """
-        requests = [commands.put(self._body(body), priority, delay, ttr) for body in bodies]
-        replies = self._pipeline([data for data, _ in requests])
+        payloads, parse = commands.put_many(
+            [self._body(body) for body in bodies], priority, delay, ttr
+        )
         ids: list[int | None] = []
         errors: dict[int, BeanstalkdError] = {}
-        for index, reply in enumerate(replies):
+        for index, reply in enumerate(self._pipeline(payloads)):
             try:
-                ids.append(expect_int(reply, b"INSERTED"))
+                ids.append(parse(reply))
             except BeanstalkdError as error:
                 ids.append(getattr(error, "id", None))
                 errors[index] = error

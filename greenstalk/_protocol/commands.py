@@ -10,6 +10,7 @@ before a transport has sent anything, so the connection stays in step.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from typing import Callable, TypeVar, Union
 
 from .responses import Reply, expect_data, expect_int, expect_job, expect_nothing, expect_word
@@ -184,6 +185,24 @@ def put(body: BodyBytes, priority: int, delay: int, ttr: int) -> Request[int]:
         delay = check_u32("delay", delay)
         ttr = check_u32("ttr", ttr)
     return b"put %d %d %d %d\r\n%b\r\n" % (priority, delay, ttr, len(body), body), _inserted
+
+
+def put_many(
+    bodies: Iterable[BodyBytes], priority: int, delay: int, ttr: int
+) -> tuple[Iterator[bytes], Callable[[Reply], int]]:
+    """Many ``put`` commands: every argument is checked now, each command formatted later.
+
+    Returns an iterator of the commands' bytes, which formats each one only
+    when it is taken (so a batch of large bodies is not copied all at once),
+    and the parser of each reply.
+    """
+    checked = [check_body(body) for body in bodies]
+    head = b"put %d %d %d " % (
+        check_u32("priority", priority),
+        check_u32("delay", delay),
+        check_u32("ttr", ttr),
+    )
+    return (b"%b%d\r\n%b\r\n" % (head, len(body), body) for body in checked), _inserted
 
 
 def use(tube: str) -> Request[str]:
