@@ -16,12 +16,12 @@ from ._protocol import commands
 from ._protocol.commands import BodyBytes, Request
 from ._protocol.errors import (
     BeanstalkdError,
+    BodyDecodeError,
     ClientConnectionError,
     ClientTimeoutError,
     ProtocolError,
     PutManyError,
 )
-from ._protocol.errors import BodyDecodeError as BodyDecodeError
 from ._protocol.responses import Reply, ReplyReader
 from ._protocol.stats import Stats, StatsJob, StatsTube
 
