@@ -10,13 +10,26 @@ import struct
 from collections import deque
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, Generic, NoReturn, TypeVar, Union, cast, overload
+from typing import NoReturn, cast, overload
 
+from ._base import (
+    DEFAULT_DELAY,
+    DEFAULT_PRIORITY,
+    DEFAULT_TTR,
+    DEFAULT_TUBE,
+    Address,
+    ClientBase,
+    ConnectionTarget,
+    Job,
+    JobOrID,
+    T,
+    TBody,
+    job_id,
+)
 from ._protocol import commands
 from ._protocol.commands import BodyBytes, Request
 from ._protocol.errors import (
     BeanstalkdError,
-    BodyDecodeError,
     ClientConnectionError,
     ClientTimeoutError,
     ProtocolError,
@@ -24,20 +37,6 @@ from ._protocol.errors import (
 )
 from ._protocol.responses import Reply, ReplyReader
 from ._protocol.stats import Stats, StatsJob, StatsTube
-
-DEFAULT_TUBE = "default"
-DEFAULT_PRIORITY = 2**16
-DEFAULT_DELAY = 0
-DEFAULT_TTR = 60
-
-TBody = TypeVar("TBody")
-T = TypeVar("T")
-
-Address = Union[tuple[str, int], str, "os.PathLike[str]", socket.socket]
-"""Where the server is: ``(host, port)``, a Unix socket path, or a connected socket."""
-
-ConnectionTarget = Address
-"""greenstalk 2.x's name for :data:`Address`."""
 
 _RECEIVE_SIZE = 65536
 # put_many keeps at most two batches of unread replies in flight: few enough
@@ -47,36 +46,7 @@ _BATCH_COMMANDS = 512
 _BATCH_BYTES = 1 << 20
 
 
-class Job(Generic[TBody]):
-    """A job: its id and its body (``bytes``, or ``str`` when the client has an encoding)."""
-
-    __slots__ = ("body", "id")
-
-    def __init__(self, id: int, body: TBody) -> None:
-        self.id = id
-        self.body = body
-
-    def __repr__(self) -> str:
-        return f"Job(id={self.id!r}, body={self.body!r})"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Job):
-            return NotImplemented
-        return bool(self.id == other.id and self.body == other.body)
-
-    def __hash__(self) -> int:
-        return hash((Job, self.id))
-
-
-JobOrID = Union[Job[Any], int]
-"""A job, or a job id."""
-
-
-def _job_id(job: JobOrID) -> int:
-    return job.id if isinstance(job, Job) else job
-
-
-class Client(Generic[TBody]):
+class Client(ClientBase[TBody]):
     """A connection to a beanstalkd server.
 
     The client connects at once. ``address`` is ``(host, port)``, the path of
@@ -133,23 +103,16 @@ class Client(Generic[TBody]):
         socket_connect_timeout: float | None = None,
         ssl: _ssl.SSLContext | None = None,
     ) -> None:
-        if encoding is not None:
-            "".encode(encoding)  # a LookupError now, not at the first put
-        watch_list = [watch] if isinstance(watch, str) else list(watch)
-        if not watch_list:
-            raise ValueError("watch must name at least one tube")
-        setup = _setup_requests(use, watch_list)
-        self.address = address
-        self.encoding = encoding
+        super().__init__(address, encoding, use, watch)
         self._reader = ReplyReader()
-        self._closed_reason = ""
         self._socket: socket.socket | None = _connect(
             address, socket_timeout, socket_connect_timeout, ssl
         )
         self._timeout = self._socket.gettimeout()
-        if setup:
+        if self._setup:
             try:
-                for reply, (_, parse) in zip(self._pipeline([data for data, _ in setup]), setup):
+                replies = self._pipeline([data for data, _ in self._setup])
+                for reply, (_, parse) in zip(replies, self._setup):
                     parse(reply)
             except BaseException:
                 self.close()
@@ -301,20 +264,6 @@ class Client(Generic[TBody]):
             raise
         return replies
 
-    def _job(self, found: tuple[int, bytes]) -> Job[TBody]:
-        job_id, body = found
-        if self.encoding is None:
-            return Job(job_id, cast(TBody, body))
-        try:
-            return Job(job_id, cast(TBody, body.decode(self.encoding)))
-        except UnicodeDecodeError as error:
-            raise BodyDecodeError(Job(job_id, body), error) from error
-
-    def _body(self, body: BodyBytes | TBody) -> BodyBytes:
-        if self.encoding is not None and type(body) is str:
-            return body.encode(self.encoding)
-        return cast(BodyBytes, body)
-
     # -- producer ----------------------------------------------------------
 
     def put(
@@ -396,11 +345,11 @@ class Client(Generic[TBody]):
 
         Raises :class:`NotFoundError` if there is no such job or it is reserved.
         """
-        return self._job(self._run(commands.reserve_job(_job_id(job))))
+        return self._job(self._run(commands.reserve_job(job_id(job))))
 
     def delete(self, job: JobOrID) -> None:
         """Delete a job: one reserved by this client, or a ready, delayed or buried one."""
-        self._run(commands.delete(_job_id(job)))
+        self._run(commands.delete(job_id(job)))
 
     def release(
         self, job: JobOrID, priority: int = DEFAULT_PRIORITY, delay: int = DEFAULT_DELAY
@@ -409,21 +358,21 @@ class Client(Generic[TBody]):
 
         Raises :class:`NotFoundError` if this client does not hold the job.
         """
-        self._run(commands.release(_job_id(job), priority, delay))
+        self._run(commands.release(job_id(job), priority, delay))
 
     def bury(self, job: JobOrID, priority: int = DEFAULT_PRIORITY) -> None:
         """Move a job this client reserved to its tube's buried list.
 
         Raises :class:`NotFoundError` if this client does not hold the job.
         """
-        self._run(commands.bury(_job_id(job), priority))
+        self._run(commands.bury(job_id(job), priority))
 
     def touch(self, job: JobOrID) -> None:
         """Restart the TTR of a job this client reserved.
 
         Raises :class:`NotFoundError` if this client does not hold the job.
         """
-        self._run(commands.touch(_job_id(job)))
+        self._run(commands.touch(job_id(job)))
 
     def watch(self, tube: str) -> int:
         """Add ``tube`` to the watch list and return how many tubes are watched."""
@@ -443,7 +392,7 @@ class Client(Generic[TBody]):
 
         Raises :class:`NotFoundError` if there is no such job.
         """
-        return self._job(self._run(commands.peek(_job_id(id))))
+        return self._job(self._run(commands.peek(job_id(id))))
 
     def peek_ready(self) -> Job[TBody]:
         """Return the job of the used tube that would be reserved next.
@@ -478,11 +427,11 @@ class Client(Generic[TBody]):
 
         Raises :class:`NotFoundError` if the job is not buried or delayed.
         """
-        self._run(commands.kick_job(_job_id(job)))
+        self._run(commands.kick_job(job_id(job)))
 
     def stats_job(self, job: JobOrID) -> StatsJob:
         """Return the statistics of a job. Raises :class:`NotFoundError`."""
-        return cast(StatsJob, self._run(commands.stats_job(_job_id(job))))
+        return cast(StatsJob, self._run(commands.stats_job(job_id(job))))
 
     def stats_tube(self, tube: str) -> StatsTube:
         """Return the statistics of a tube. Raises :class:`NotFoundError`."""
@@ -510,17 +459,6 @@ class Client(Generic[TBody]):
         Raises :class:`NotFoundError` if the tube does not exist.
         """
         self._run(commands.pause_tube(tube, delay))
-
-
-def _setup_requests(use: str, watch: list[str]) -> list[Request[Any]]:
-    """The commands that give a new connection its used tube and watch list."""
-    requests: list[Request[Any]] = []
-    if use != DEFAULT_TUBE:
-        requests.append(commands.use(use))
-    requests.extend(commands.watch(tube) for tube in watch if tube != DEFAULT_TUBE)
-    if DEFAULT_TUBE not in watch:
-        requests.append(commands.ignore(DEFAULT_TUBE))
-    return requests
 
 
 def _connect(
