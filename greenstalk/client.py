@@ -264,6 +264,8 @@ class Client(ClientBase[TBody]):
             raise
         return replies
 
+    # BEGIN COMMANDS (scripts/generate_aio.py copies these into greenstalk/aio.py)
+
     # -- producer ----------------------------------------------------------
 
     def put(
@@ -459,6 +461,8 @@ class Client(ClientBase[TBody]):
         Raises :class:`NotFoundError` if the tube does not exist.
         """
         self._run(commands.pause_tube(tube, delay))
+
+    # END COMMANDS
 
 
 def _connect(

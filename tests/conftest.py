@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 import greenstalk
 from greenstalk.testing import BeanstalkdProcess, run_beanstalkd
+
+from .blocking_aio import BlockingAioClient, LoopThread
 
 StartServer = Callable[..., BeanstalkdProcess]
 MakeClient = Callable[..., "greenstalk.Client[Any]"]
@@ -38,9 +40,9 @@ def address(beanstalkd: BeanstalkdProcess) -> greenstalk.Address:
     return beanstalkd.address
 
 
-@pytest.fixture
-def make_client(address: greenstalk.Address) -> Iterator[MakeClient]:
-    """Open more clients to this test's server; all are closed at the end."""
+@contextlib.contextmanager
+def sync_clients(address: greenstalk.Address) -> Iterator[MakeClient]:
+    """Make sync clients of ``address``; all are closed at the end."""
     clients: list[greenstalk.Client[Any]] = []
 
     def make(*args: Any, **kwargs: Any) -> greenstalk.Client[Any]:
@@ -51,6 +53,42 @@ def make_client(address: greenstalk.Address) -> Iterator[MakeClient]:
     yield make
     for client in clients:
         client.close()
+
+
+@contextlib.contextmanager
+def aio_clients(address: greenstalk.Address) -> Iterator[MakeClient]:
+    """Make greenstalk.aio clients of ``address``, driven synchronously; closed at the end."""
+    runner = LoopThread()
+    clients: list[BlockingAioClient] = []
+
+    def make(*args: Any, **kwargs: Any) -> greenstalk.Client[Any]:
+        client = BlockingAioClient(runner, address, *args, **kwargs)
+        clients.append(client)
+        return cast("greenstalk.Client[Any]", client)
+
+    try:
+        yield make
+        for client in clients:
+            runner.run(client.aio_client.close())
+    finally:
+        runner.stop()
+
+
+@pytest.fixture
+def make_sync_client(address: greenstalk.Address) -> Iterator[MakeClient]:
+    """Open sync clients to this test's server."""
+    with sync_clients(address) as make:
+        yield make
+
+
+@pytest.fixture(params=["sync", "aio"])
+def make_client(
+    request: pytest.FixtureRequest, address: greenstalk.Address
+) -> Iterator[MakeClient]:
+    """Open clients to this test's server: sync ones, and in a second run asyncio ones."""
+    clients = sync_clients if request.param == "sync" else aio_clients
+    with clients(address) as make:
+        yield make
 
 
 @pytest.fixture

@@ -724,9 +724,9 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise Interrupted
 
 
-def test_interrupted_reserve_closes_the_connection(make_client: MakeClient) -> None:
-    client = make_client()
-    other = make_client()
+def test_interrupted_reserve_closes_the_connection(make_sync_client: MakeClient) -> None:
+    client = make_sync_client()
+    other = make_sync_client()
     previous = signal.signal(signal.SIGALRM, _interrupt)
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.2)

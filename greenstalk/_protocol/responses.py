@@ -214,6 +214,12 @@ def expect_job(reply: Reply, status: bytes) -> tuple[int, bytes]:
     return int(values[0]), data
 
 
+def reserved_job_id(reply: Reply) -> int | None:
+    """The id of the job a reply hands over to this connection (``RESERVED``), else None."""
+    status, values, _ = reply
+    return int(values[0]) if status == b"RESERVED" else None
+
+
 def expect_data(reply: Reply) -> bytes:
     """Return the data chunk of an ``OK <bytes>`` reply."""
     reply_status, values, data = reply

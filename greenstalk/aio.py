@@ -1,0 +1,680 @@
+"""The asyncio client: the sync client's API, awaited, over an asyncio Protocol.
+
+Many tasks may share one client. Each call writes its command at once, in
+call order, and beanstalkd answers a connection's commands in order, so the
+replies are matched to the calls by position: concurrent calls pipeline by
+themselves. A blocking ``reserve`` holds every later command of its
+connection until it is answered (that is the server's rule), so give each
+consumer its own connection.
+
+Cancelling a call (``asyncio.wait_for`` expiring, a task cancelled) never
+puts the connection out of step: its reply is still read, in order, and
+dropped. A job that a cancelled ``reserve`` or ``reserve_job`` received is
+released at once, with its priority unchanged, so it is not stranded until
+its TTR runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl as _ssl
+from collections import deque
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any, NoReturn, cast, overload
+
+from ._base import (
+    DEFAULT_DELAY,
+    DEFAULT_PRIORITY,
+    DEFAULT_TTR,
+    DEFAULT_TUBE,
+    Address,
+    ClientBase,
+    Job,
+    JobOrID,
+    T,
+    TBody,
+    job_id,
+)
+from ._protocol import commands
+from ._protocol.commands import BodyBytes, Request
+from ._protocol.errors import (
+    BeanstalkdError,
+    ClientConnectionError,
+    ClientTimeoutError,
+    Error,
+    ProtocolError,
+    PutManyError,
+)
+from ._protocol.responses import Reply, ReplyReader, reserved_job_id
+from ._protocol.stats import Stats, StatsJob, StatsTube
+
+# put_many hands the transport this many commands (or bytes) at a time, so a
+# long list of large bodies is formatted batch by batch, not all at once.
+_BATCH_COMMANDS = 512
+_BATCH_BYTES = 1 << 20
+
+
+class _Pending:
+    """Commands written and not yet fully answered: their future and replies so far."""
+
+    __slots__ = ("count", "future", "replies")
+
+    def __init__(self, future: asyncio.Future[list[Reply]], count: int) -> None:
+        self.future = future
+        self.count = count
+        self.replies: list[Reply] = []
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Done-callback of internal commands: mark their outcome as seen."""
+    if not future.cancelled():
+        future.exception()
+
+
+class _Connection(asyncio.Protocol):
+    """One connection's byte stream: commands out in order, replies matched in order."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.reader = ReplyReader()
+        self.pending: deque[_Pending] = deque()
+        self.outgoing: list[bytes] = []
+        self.flush_scheduled = False
+        #: Set once the connection has failed or closed; every call then raises it.
+        self.error: ClientConnectionError | None = None
+        self.writable: asyncio.Future[None] | None = None
+        self.lost: asyncio.Future[None] = loop.create_future()
+
+    # -- asyncio.Protocol ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            replies = self.reader.receive(data)
+        except ProtocolError as error:
+            self.fail(error)
+            return
+        pending = self.pending
+        for reply in replies:
+            if not pending:
+                self.fail(ProtocolError("the server sent a reply to no command"))
+                return
+            entry = pending[0]
+            entry.replies.append(reply)
+            if len(entry.replies) == entry.count:
+                pending.popleft()
+                if entry.future.cancelled():
+                    self._abandoned(entry.replies)
+                else:
+                    entry.future.set_result(entry.replies)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if exc is not None:
+            error = ClientConnectionError(f"connection to the server failed: {exc}")
+            error.__cause__ = exc
+        elif self.reader.idle:
+            error = ClientConnectionError("the server closed the connection")
+        else:
+            error = ClientConnectionError(
+                "the server closed the connection in the middle of a reply"
+            )
+        self.fail(error)
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.writable = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
+        self.writable = None
+
+    # -- used by the client ----------------------------------------------------------
+
+    def send(self, data: bytes, count: int) -> asyncio.Future[list[Reply]]:
+        """Write commands now (or with the others of this loop turn); return their replies' future.
+
+        ``count`` is how many replies the bytes ask for.
+        """
+        if self.error is not None:
+            raise self.error
+        future: asyncio.Future[list[Reply]] = self.loop.create_future()
+        if self.pending:
+            # Replies to earlier commands are still to come, so this one
+            # would wait for them anyway: join the other commands of this
+            # loop turn in one write.
+            self.outgoing.append(data)
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                self.loop.call_soon(self._flush)
+        elif self.transport is not None:
+            self.transport.write(data)
+        else:  # the transport is only ever None before connecting or with error set
+            raise ClientConnectionError("not connected")
+        self.pending.append(_Pending(future, count))
+        return future
+
+    async def drain(self) -> None:
+        """Wait while the transport's write buffer is over its high-water mark."""
+        writable = self.writable
+        if writable is not None:
+            await asyncio.shield(writable)
+
+    def fail(self, error: ClientConnectionError) -> None:
+        """Close the connection and fail every call still waiting with ``error``."""
+        if self.error is None:
+            self.error = error
+        if self.transport is not None:
+            self.transport.abort()
+        pending = self.pending
+        while pending:
+            future = pending.popleft().future
+            if not future.done():
+                future.set_exception(self.error)
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        if self.outgoing and self.transport is not None:
+            data = b"".join(self.outgoing)
+            self.outgoing.clear()
+            self.transport.write(data)
+
+    def _abandoned(self, replies: list[Reply]) -> None:
+        """Replies nobody waits for any more: give back any job they reserved."""
+        for reply in replies:
+            reserved = reserved_job_id(reply)
+            if reserved is not None:
+                self._release(reserved)
+
+    def _release(self, reserved: int) -> None:
+        # release needs a priority; read the job's own so it is not changed.
+        data, parse_stats = commands.stats_job(reserved)
+        stats = self.send(data, 1)
+
+        def release(future: asyncio.Future[list[Reply]]) -> None:
+            if future.cancelled() or future.exception() is not None:
+                return
+            try:
+                priority = int(parse_stats(future.result()[0])["pri"])
+            except Error:
+                return
+            release_data, _ = commands.release(reserved, priority, 0)
+            self.send(release_data, 1).add_done_callback(_retrieve)
+
+        stats.add_done_callback(release)
+
+
+class Client(ClientBase[TBody]):
+    """An asyncio connection to a beanstalkd server, with the sync client's API.
+
+    The arguments are those of :class:`greenstalk.Client`. The client
+    connects in ``async with Client(...) as client:`` (and closes at the end
+    of the block), or use ``client = await greenstalk.aio.connect(...)``.
+    Every method of the sync client is here as a coroutine with the same
+    arguments, results and errors.
+    """
+
+    @overload
+    def __init__(
+        self: Client[bytes],
+        address: Address,
+        encoding: None = None,
+        use: str = DEFAULT_TUBE,
+        watch: str | Iterable[str] = DEFAULT_TUBE,
+        *,
+        socket_timeout: float | None = None,
+        socket_connect_timeout: float | None = None,
+        ssl: _ssl.SSLContext | None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: Client[str],
+        address: Address,
+        encoding: str,
+        use: str = DEFAULT_TUBE,
+        watch: str | Iterable[str] = DEFAULT_TUBE,
+        *,
+        socket_timeout: float | None = None,
+        socket_connect_timeout: float | None = None,
+        ssl: _ssl.SSLContext | None = None,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        address: Address,
+        encoding: str | None = None,
+        use: str = DEFAULT_TUBE,
+        watch: str | Iterable[str] = DEFAULT_TUBE,
+        *,
+        socket_timeout: float | None = None,
+        socket_connect_timeout: float | None = None,
+        ssl: _ssl.SSLContext | None = None,
+    ) -> None:
+        super().__init__(address, encoding, use, watch)
+        self._timeout = socket_timeout
+        self._connect_timeout = socket_connect_timeout
+        self._ssl = ssl
+        self._connection: _Connection | None = None
+        self._closed_reason = "not connected: use 'async with' or greenstalk.aio.connect()"
+
+    def __repr__(self) -> str:
+        state = f"closed ({self._closed_reason})" if self.closed else "open"
+        return f"<greenstalk.aio.Client address={self.address!r} {state}>"
+
+    async def __aenter__(self) -> Client[TBody]:
+        await self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        """True unless the client is connected and the connection works."""
+        return self._connection is None or self._connection.error is not None
+
+    async def close(self) -> None:
+        """Close the connection; calls still waiting raise ClientConnectionError.
+
+        Jobs this connection had reserved go back to the ready queue.
+        """
+        connection = self._connection
+        if connection is None or connection.error is not None:
+            return
+        self._closed_reason = "closed by the client"
+        connection.fail(ClientConnectionError(self._closed_reason))
+        await connection.lost
+
+    # -- transport ---------------------------------------------------------
+
+    async def _open(self) -> None:
+        """Connect and set up the used tube and watch list.
+
+        Raises :class:`ClientTimeoutError` or :class:`ClientConnectionError`.
+        """
+        if self._connection is not None:
+            raise ClientConnectionError("the client is already connected")
+        loop = asyncio.get_running_loop()
+        connection = _Connection(loop)
+        self._connection = connection
+        try:
+            await asyncio.wait_for(self._create(loop, connection), self._connect_timeout)
+        except (asyncio.TimeoutError, socket.timeout) as error:
+            self._closed_reason = f"cannot connect to {self.address!r}: timed out"
+            connection.fail(ClientTimeoutError(self._closed_reason))
+            raise ClientTimeoutError(self._closed_reason) from error
+        except OSError as error:
+            self._closed_reason = f"cannot connect to {self.address!r}: {error}"
+            connection.fail(ClientConnectionError(self._closed_reason))
+            raise ClientConnectionError(self._closed_reason) from error
+        except BaseException:
+            connection.fail(ClientConnectionError("connecting failed"))
+            raise
+        if self._setup:
+            try:
+                replies = await self._pipeline(data for data, _ in self._setup)
+                for reply, (_, parse) in zip(replies, self._setup):
+                    parse(reply)
+            except BaseException:
+                await self.close()
+                raise
+
+    async def _create(self, loop: asyncio.AbstractEventLoop, connection: _Connection) -> None:
+        address = self.address
+        context = self._ssl
+        if isinstance(address, socket.socket):
+            await loop.create_connection(lambda: connection, sock=address, ssl=context)
+        elif isinstance(address, tuple):
+            host, port = address
+            transport, _ = await loop.create_connection(
+                lambda: connection, host, port, ssl=context
+            )
+            transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1
+            )
+        else:
+            await loop.create_unix_connection(lambda: connection, os.fspath(address), ssl=context)
+
+    def _live(self) -> _Connection:
+        connection = self._connection
+        if connection is None:
+            raise ClientConnectionError(self._closed_reason)
+        if connection.error is not None:
+            raise ClientConnectionError(f"the connection is closed: {connection.error}")
+        return connection
+
+    def _fail(self, error: ClientConnectionError) -> NoReturn:
+        """Close the connection after ``error`` and raise it."""
+        self._live().fail(error)
+        raise error
+
+    async def _wait(
+        self, connection: _Connection, future: asyncio.Future[list[Reply]], timeout: float | None
+    ) -> list[Reply]:
+        if connection.writable is not None:
+            await connection.drain()
+        if timeout is None:
+            return await future
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            error = ClientTimeoutError(
+                f"the server did not answer within {timeout} s; connection closed"
+            )
+            connection.fail(error)
+            raise error from None
+
+    async def _run(self, request: Request[T]) -> T:
+        """Send one command and return its parsed reply."""
+        return await self._run_waiting(request, self._timeout)
+
+    async def _run_waiting(self, request: Request[T], wait: float | None) -> T:
+        """Send one command and return its parsed reply, waiting at most ``wait`` seconds."""
+        data, parse = request
+        connection = self._live()
+        replies = await self._wait(connection, connection.send(data, 1), wait)
+        try:
+            return parse(replies[0])
+        except ProtocolError as error:
+            connection.fail(error)
+            raise
+
+    async def _pipeline(self, payloads: Iterable[bytes]) -> list[Reply]:
+        """Send many commands, a batch at a time, and return their replies in order."""
+        connection = self._live()
+        futures: list[asyncio.Future[list[Reply]]] = []
+        try:
+            batch: list[bytes] = []
+            size = 0
+            for payload in payloads:
+                batch.append(payload)
+                size += len(payload)
+                if len(batch) == _BATCH_COMMANDS or size >= _BATCH_BYTES:
+                    futures.append(connection.send(b"".join(batch), len(batch)))
+                    batch = []
+                    size = 0
+                    await connection.drain()
+            if batch:
+                futures.append(connection.send(b"".join(batch), len(batch)))
+            replies: list[Reply] = []
+            for future in futures:
+                replies += await self._wait(connection, future, self._timeout)
+            return replies
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+    # BEGIN COMMANDS (generated from greenstalk/client.py by scripts/generate_aio.py)
+
+    # -- producer ----------------------------------------------------------
+
+    async def put(
+        self,
+        body: BodyBytes | TBody,
+        priority: int = DEFAULT_PRIORITY,
+        delay: int = DEFAULT_DELAY,
+        ttr: int = DEFAULT_TTR,
+    ) -> int:
+        """Insert a job into the used tube and return its id.
+
+        ``priority`` is 0 (most urgent) to 2**32-1; ``delay`` is how many
+        seconds the job waits before it can be reserved; ``ttr`` is how many
+        seconds a consumer may hold it before it is handed out again.
+        Raises :class:`JobTooBigError`, :class:`DrainingError`,
+        :class:`OutOfMemoryError` or :class:`BuriedWithJobIDError` (server out
+        of memory), or ValueError and TypeError for invalid arguments.
+        """
+        if type(body) is str and self.encoding is not None:
+            body = body.encode(self.encoding)
+        return await self._run(commands.put(cast(BodyBytes, body), priority, delay, ttr))
+
+    async def put_many(
+        self,
+        bodies: Iterable[BodyBytes | TBody],
+        priority: int = DEFAULT_PRIORITY,
+        delay: int = DEFAULT_DELAY,
+        ttr: int = DEFAULT_TTR,
+    ) -> list[int]:
+        """Insert many jobs into the used tube, pipelined, and return their ids in order.
+
+        Every body is checked before anything is sent. The puts go out in
+        large batches without waiting for each reply, so this costs a few
+        round trips instead of one per job. Raises :class:`PutManyError`
+        when the server refused some bodies: it lists which bodies were
+        inserted under which ids, and the client stays usable.
+        """
+        payloads, parse = commands.put_many(
+            [self._body(body) for body in bodies], priority, delay, ttr
+        )
+        ids: list[int | None] = []
+        errors: dict[int, BeanstalkdError] = {}
+        for index, reply in enumerate(await self._pipeline(payloads)):
+            try:
+                ids.append(parse(reply))
+            except BeanstalkdError as error:
+                ids.append(getattr(error, "id", None))
+                errors[index] = error
+            except ProtocolError as error:
+                self._fail(error)
+        if errors:
+            raise PutManyError(ids, errors)
+        return cast(list[int], ids)
+
+    async def use(self, tube: str) -> None:
+        """Make ``put`` insert into ``tube`` (created if missing)."""
+        await self._run(commands.use(tube))
+
+    # -- consumer ----------------------------------------------------------
+
+    async def reserve(self, timeout: int | None = None) -> Job[TBody]:
+        """Reserve a job from the watched tubes, waiting until one is ready.
+
+        With ``timeout`` (seconds, 0 to poll) raises :class:`TimedOutError`
+        when no job came in time. Raises :class:`DeadlineSoonError` when a
+        job this client holds is within a second of its TTR, and
+        :class:`BodyDecodeError` (the job stays reserved) when the body does
+        not decode.
+        """
+        request = commands.reserve(timeout)
+        if self._timeout is None:
+            return self._job(await self._run(request))
+        if timeout is None or timeout > commands.RESERVE_TIMEOUT_MAX:
+            return self._job(await self._run_waiting(request, None))
+        return self._job(await self._run_waiting(request, timeout + self._timeout))
+
+    async def reserve_job(self, job: JobOrID) -> Job[TBody]:
+        """Reserve a specific job, in any tube and in any state except reserved.
+
+        Raises :class:`NotFoundError` if there is no such job or it is reserved.
+        """
+        return self._job(await self._run(commands.reserve_job(job_id(job))))
+
+    async def delete(self, job: JobOrID) -> None:
+        """Delete a job: one reserved by this client, or a ready, delayed or buried one."""
+        await self._run(commands.delete(job_id(job)))
+
+    async def release(
+        self, job: JobOrID, priority: int = DEFAULT_PRIORITY, delay: int = DEFAULT_DELAY
+    ) -> None:
+        """Put a job this client reserved back into its tube, ready or after ``delay`` seconds.
+
+        Raises :class:`NotFoundError` if this client does not hold the job.
+        """
+        await self._run(commands.release(job_id(job), priority, delay))
+
+    async def bury(self, job: JobOrID, priority: int = DEFAULT_PRIORITY) -> None:
+        """Move a job this client reserved to its tube's buried list.
+
+        Raises :class:`NotFoundError` if this client does not hold the job.
+        """
+        await self._run(commands.bury(job_id(job), priority))
+
+    async def touch(self, job: JobOrID) -> None:
+        """Restart the TTR of a job this client reserved.
+
+        Raises :class:`NotFoundError` if this client does not hold the job.
+        """
+        await self._run(commands.touch(job_id(job)))
+
+    async def watch(self, tube: str) -> int:
+        """Add ``tube`` to the watch list and return how many tubes are watched."""
+        return await self._run(commands.watch(tube))
+
+    async def ignore(self, tube: str) -> int:
+        """Remove ``tube`` from the watch list and return how many tubes are watched.
+
+        Raises :class:`NotIgnoredError` if it is the only watched tube.
+        """
+        return await self._run(commands.ignore(tube))
+
+    # -- inspection --------------------------------------------------------
+
+    async def peek(self, id: JobOrID) -> Job[TBody]:
+        """Return a job by id, in any tube and state, without reserving it.
+
+        Raises :class:`NotFoundError` if there is no such job.
+        """
+        return self._job(await self._run(commands.peek(job_id(id))))
+
+    async def peek_ready(self) -> Job[TBody]:
+        """Return the job of the used tube that would be reserved next.
+
+        Raises :class:`NotFoundError` if it has no ready job.
+        """
+        return self._job(await self._run(commands.peek_ready()))
+
+    async def peek_delayed(self) -> Job[TBody]:
+        """Return the delayed job of the used tube that becomes ready soonest.
+
+        Raises :class:`NotFoundError` if it has no delayed job.
+        """
+        return self._job(await self._run(commands.peek_delayed()))
+
+    async def peek_buried(self) -> Job[TBody]:
+        """Return the oldest buried job of the used tube.
+
+        Raises :class:`NotFoundError` if it has no buried job.
+        """
+        return self._job(await self._run(commands.peek_buried()))
+
+    async def kick(self, bound: int) -> int:
+        """Move up to ``bound`` jobs of the used tube to ready and return how many moved.
+
+        Buried jobs are kicked if there are any, otherwise delayed ones.
+        """
+        return await self._run(commands.kick(bound))
+
+    async def kick_job(self, job: JobOrID) -> None:
+        """Move one buried or delayed job to ready.
+
+        Raises :class:`NotFoundError` if the job is not buried or delayed.
+        """
+        await self._run(commands.kick_job(job_id(job)))
+
+    async def stats_job(self, job: JobOrID) -> StatsJob:
+        """Return the statistics of a job. Raises :class:`NotFoundError`."""
+        return cast(StatsJob, await self._run(commands.stats_job(job_id(job))))
+
+    async def stats_tube(self, tube: str) -> StatsTube:
+        """Return the statistics of a tube. Raises :class:`NotFoundError`."""
+        return cast(StatsTube, await self._run(commands.stats_tube(tube)))
+
+    async def stats(self) -> Stats:
+        """Return the server's statistics."""
+        return cast(Stats, await self._run(commands.stats()))
+
+    async def tubes(self) -> list[str]:
+        """Return the names of all existing tubes."""
+        return await self._run(commands.list_tubes())
+
+    async def using(self) -> str:
+        """Return the tube that ``put`` inserts into."""
+        return await self._run(commands.list_tube_used())
+
+    async def watching(self) -> list[str]:
+        """Return the watched tubes."""
+        return await self._run(commands.list_tubes_watched())
+
+    async def pause_tube(self, tube: str, delay: int) -> None:
+        """Hold back reservations from ``tube`` for ``delay`` seconds (0 ends a pause).
+
+        Raises :class:`NotFoundError` if the tube does not exist.
+        """
+        await self._run(commands.pause_tube(tube, delay))
+
+    # END COMMANDS
+
+
+@overload
+async def connect(
+    address: Address,
+    encoding: None = None,
+    use: str = DEFAULT_TUBE,
+    watch: str | Iterable[str] = DEFAULT_TUBE,
+    *,
+    socket_timeout: float | None = None,
+    socket_connect_timeout: float | None = None,
+    ssl: _ssl.SSLContext | None = None,
+) -> Client[bytes]: ...
+
+
+@overload
+async def connect(
+    address: Address,
+    encoding: str,
+    use: str = DEFAULT_TUBE,
+    watch: str | Iterable[str] = DEFAULT_TUBE,
+    *,
+    socket_timeout: float | None = None,
+    socket_connect_timeout: float | None = None,
+    ssl: _ssl.SSLContext | None = None,
+) -> Client[str]: ...
+
+
+async def connect(
+    address: Address,
+    encoding: str | None = None,
+    use: str = DEFAULT_TUBE,
+    watch: str | Iterable[str] = DEFAULT_TUBE,
+    *,
+    socket_timeout: float | None = None,
+    socket_connect_timeout: float | None = None,
+    ssl: _ssl.SSLContext | None = None,
+) -> Client[Any]:
+    """Connect to a beanstalkd server and return the connected :class:`Client`.
+
+    Takes the arguments of :class:`Client`. Raises what connecting raises:
+    :class:`ClientConnectionError` or :class:`ClientTimeoutError`, and
+    ValueError or TypeError for invalid arguments.
+    """
+    client: Client[Any] = Client(
+        address,
+        encoding,
+        use,
+        watch,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_connect_timeout,
+        ssl=ssl,
+    )
+    await client._open()
+    return client
+
+
+__all__ = ["Client", "connect"]
