@@ -22,6 +22,7 @@ import socket
 import ssl as _ssl
 from collections import deque
 from collections.abc import Iterable
+from functools import partial
 from types import TracebackType
 from typing import Any, NoReturn, cast, overload
 
@@ -39,7 +40,7 @@ from ._base import (
     job_id,
 )
 from ._protocol import commands
-from ._protocol.commands import BodyBytes, Request
+from ._protocol.commands import BodyBytes, Request, waits_for_a_job
 from ._protocol.errors import (
     BeanstalkdError,
     ClientConnectionError,
@@ -58,14 +59,16 @@ _BATCH_BYTES = 1 << 20
 
 
 class _Pending:
-    """Commands written and not yet fully answered: their future and replies so far."""
+    """Commands not yet fully answered: their future and replies so far."""
 
-    __slots__ = ("count", "future", "replies")
+    __slots__ = ("count", "future", "holding", "replies")
 
     def __init__(self, future: asyncio.Future[list[Reply]], count: int) -> None:
         self.future = future
         self.count = count
         self.replies: list[Reply] = []
+        #: True while this (cancelled, waiting) reserve holds back later commands.
+        self.holding = False
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -88,6 +91,10 @@ class _Connection(asyncio.Protocol):
         self.error: ClientConnectionError | None = None
         self.writable: asyncio.Future[None] | None = None
         self.lost: asyncio.Future[None] = loop.create_future()
+        # Commands held back while a cancelled reserve may still hand this
+        # connection a job (see _hold), and how many reasons there are to hold.
+        self.held: list[tuple[bytes, _Pending]] | None = None
+        self.holds = 0
 
     # -- asyncio.Protocol ------------------------------------------------------
 
@@ -110,7 +117,7 @@ class _Connection(asyncio.Protocol):
             if len(entry.replies) == entry.count:
                 pending.popleft()
                 if entry.future.cancelled():
-                    self._abandoned(entry.replies)
+                    self._abandoned(entry)
                 else:
                     entry.future.set_result(entry.replies)
 
@@ -140,13 +147,18 @@ class _Connection(asyncio.Protocol):
     # -- used by the client ----------------------------------------------------------
 
     def send(self, data: bytes, count: int) -> asyncio.Future[list[Reply]]:
-        """Write commands now (or with the others of this loop turn); return their replies' future.
-
-        ``count`` is how many replies the bytes ask for.
-        """
+        """Send commands in call order; return the future of their ``count`` replies."""
         if self.error is not None:
             raise self.error
-        future: asyncio.Future[list[Reply]] = self.loop.create_future()
+        entry = _Pending(self.loop.create_future(), count)
+        if self.held is not None:
+            self.held.append((data, entry))
+        else:
+            self._transmit(data, entry)
+        return entry.future
+
+    def _transmit(self, data: bytes, entry: _Pending) -> None:
+        """Write commands now, or with the others of this loop turn."""
         if self.pending:
             # Replies to earlier commands are still to come, so this one
             # would wait for them anyway: join the other commands of this
@@ -159,8 +171,33 @@ class _Connection(asyncio.Protocol):
             self.transport.write(data)
         else:  # the transport is only ever None before connecting or with error set
             raise ClientConnectionError("not connected")
-        self.pending.append(_Pending(future, count))
-        return future
+        self.pending.append(entry)
+        if waits_for_a_job(data):
+            entry.future.add_done_callback(partial(self._hold, entry))
+
+    def _hold(self, entry: _Pending, future: asyncio.Future[list[Reply]]) -> None:
+        """A waiting reserve was cancelled: hold back later commands until it is answered.
+
+        The server will not read them before it answers anyway, so holding
+        them costs nothing; and if the answer hands over a job, the release
+        of that job then goes out before any later reserve that would
+        otherwise keep it reserved here until its TTR.
+        """
+        if future.cancelled() and entry in self.pending:
+            entry.holding = True
+            self.holds += 1
+            if self.held is None:
+                self.held = []
+
+    def _unhold(self) -> None:
+        self.holds -= 1
+        held = self.held
+        if self.holds or held is None:
+            return
+        self.held = None
+        for data, entry in held:
+            if not entry.future.cancelled():  # cancelled before sending: never sent
+                self._transmit(data, entry)
 
     async def drain(self) -> None:
         """Wait while the transport's write buffer is over its high-water mark."""
@@ -174,11 +211,12 @@ class _Connection(asyncio.Protocol):
             self.error = error
         if self.transport is not None:
             self.transport.abort()
-        pending = self.pending
-        while pending:
-            future = pending.popleft().future
-            if not future.done():
-                future.set_exception(self.error)
+        entries = list(self.pending) + [entry for _, entry in self.held or ()]
+        self.pending.clear()
+        self.held = None
+        for entry in entries:
+            if not entry.future.done():
+                entry.future.set_exception(self.error)
         if self.writable is not None and not self.writable.done():
             self.writable.set_result(None)
 
@@ -189,29 +227,40 @@ class _Connection(asyncio.Protocol):
             self.outgoing.clear()
             self.transport.write(data)
 
-    def _abandoned(self, replies: list[Reply]) -> None:
+    def _abandoned(self, entry: _Pending) -> None:
         """Replies nobody waits for any more: give back any job they reserved."""
-        for reply in replies:
+        releasing = False
+        for reply in entry.replies:
             reserved = reserved_job_id(reply)
             if reserved is not None:
-                self._release(reserved)
+                releasing = True
+                self._release(reserved, entry.holding)
+        if entry.holding and not releasing:
+            self._unhold()
 
-    def _release(self, reserved: int) -> None:
+    def _release(self, reserved: int, holding: bool) -> None:
         # release needs a priority; read the job's own so it is not changed.
+        # These commands skip the held ones: they must reach the server first.
         data, parse_stats = commands.stats_job(reserved)
-        stats = self.send(data, 1)
+        stats = _Pending(self.loop.create_future(), 1)
+        self._transmit(data, stats)
 
         def release(future: asyncio.Future[list[Reply]]) -> None:
-            if future.cancelled() or future.exception() is not None:
-                return
             try:
+                if future.cancelled() or future.exception() is not None:
+                    return
                 priority = int(parse_stats(future.result()[0])["pri"])
+                release_data, _ = commands.release(reserved, priority, 0)
+                released = _Pending(self.loop.create_future(), 1)
+                self._transmit(release_data, released)
+                released.future.add_done_callback(_retrieve)
             except Error:
-                return
-            release_data, _ = commands.release(reserved, priority, 0)
-            self.send(release_data, 1).add_done_callback(_retrieve)
+                return  # the job is gone (or the connection is): nothing to release
+            finally:
+                if holding:
+                    self._unhold()
 
-        stats.add_done_callback(release)
+        stats.future.add_done_callback(release)
 
 
 class Client(ClientBase[TBody]):

@@ -222,6 +222,14 @@ def reserve(timeout: int | None) -> Request[tuple[int, bytes]]:
     return b"reserve-with-timeout %d\r\n" % timeout, _reserved
 
 
+def waits_for_a_job(data: bytes) -> bool:
+    """True for a command the server may answer only much later: a waiting reserve.
+
+    The server handles nothing else from the connection until it answers.
+    """
+    return data == b"reserve\r\n" or data.startswith(b"reserve-with-timeout ")
+
+
 def reserve_job(job_id: int) -> Request[tuple[int, bytes]]:
     """``reserve-job``: reserve a job by id, whatever its state (beanstalkd 1.12)."""
     return b"reserve-job %d\r\n" % check_job_id(job_id), _reserved
