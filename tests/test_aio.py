@@ -49,7 +49,7 @@ def test_concurrent_mixed_commands_get_their_own_replies(address: greenstalk.Add
     async def main() -> None:
         async with greenstalk.aio.Client(address, use="jobs", watch="jobs") as client:
             first = await client.put(b"first")
-            results = await asyncio.gather(
+            results: list[Any] = await asyncio.gather(
                 client.using(),
                 client.watching(),
                 client.peek(first),
