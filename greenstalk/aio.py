@@ -120,6 +120,8 @@ class _Connection(asyncio.Protocol):
                     self._abandoned(entry)
                 else:
                     entry.future.set_result(entry.replies)
+        if self.reader.error is not None:  # bad bytes after the good replies
+            self.fail(self.reader.error)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None

@@ -43,7 +43,7 @@ class ReplyReader:
     :meth:`feed` and :meth:`next_reply` offer the same one reply at a time.
     """
 
-    __slots__ = ("_chunked", "_chunks", "_data", "_error", "_header", "_pos", "_ready", "drained")
+    __slots__ = ("_chunked", "_chunks", "_data", "_header", "_pos", "_ready", "drained", "error")
 
     def __init__(self) -> None:
         self._data = b""
@@ -54,7 +54,9 @@ class ReplyReader:
         self._chunks: list[bytes] = []
         self._chunked = 0
         self._ready: deque[Reply] = deque()
-        self._error: ProtocolError | None = None
+        #: The error found in the bytes received, once there is one; every
+        #: later call raises it.
+        self.error: ProtocolError | None = None
         #: True when every byte received so far was part of a reply that
         #: :meth:`receive` returned (a plain attribute: transports check it
         #: after every reply).
@@ -72,8 +74,8 @@ class ReplyReader:
         reply. Complete replies before the bad bytes are still returned; the
         error is then raised by the next call, and by every call after it.
         """
-        if self._error is not None:
-            raise self._error
+        if self.error is not None:
+            raise self.error
         self.drained = False
         replies: list[Reply] = []
         try:
@@ -132,7 +134,7 @@ class ReplyReader:
                 replies.append((status, values, data[pos:stop]))
                 pos = stop + 2
         except ProtocolError as error:
-            self._error = error
+            self.error = error
             if not replies:
                 raise
             return replies
@@ -148,8 +150,8 @@ class ReplyReader:
         """
         if self._ready:
             return self._ready.popleft()
-        if self._error is not None:
-            raise self._error
+        if self.error is not None:
+            raise self.error
         return None
 
     def _finish_data_reply(self, header: tuple[bytes, list[bytes], int]) -> Reply | None:
