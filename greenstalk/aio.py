@@ -1,17 +1,25 @@
 """The asyncio client: the sync client's API, awaited, over an asyncio Protocol.
 
-Many tasks may share one client. Each call writes its command at once, in
-call order, and beanstalkd answers a connection's commands in order, so the
-replies are matched to the calls by position: concurrent calls pipeline by
-themselves. A blocking ``reserve`` holds every later command of its
-connection until it is answered (that is the server's rule), so give each
-consumer its own connection.
+Many tasks may share one client. Each call sends its command in call order
+(those issued in the same turn of the event loop go out in one write), and
+beanstalkd answers a connection's commands in order, so replies are matched
+to calls by position: concurrent calls pipeline by themselves. A waiting
+``reserve`` holds every later command of its connection until it is
+answered (that is the server's rule), so give each consumer its own
+connection.
 
 Cancelling a call (``asyncio.wait_for`` expiring, a task cancelled) never
 puts the connection out of step: its reply is still read, in order, and
 dropped. A job that a cancelled ``reserve`` or ``reserve_job`` received is
-released at once, with its priority unchanged, so it is not stranded until
-its TTR runs out.
+released at once, with its priority unchanged. Until a cancelled waiting
+``reserve`` is answered, later commands are held back in the client (the
+server would not read them before then anyway), so that release goes out
+before any later ``reserve``; a held command whose call is cancelled in the
+meantime is never sent.
+
+``socket_timeout`` bounds how long the server may take to answer a command
+once the commands before it are answered: past it the connection is closed
+and every waiting call raises :class:`~greenstalk.ClientTimeoutError`.
 """
 
 from __future__ import annotations
@@ -61,11 +69,15 @@ _BATCH_BYTES = 1 << 20
 class _Pending:
     """Commands not yet fully answered: their future and replies so far."""
 
-    __slots__ = ("count", "future", "holding", "replies")
+    __slots__ = ("count", "future", "holding", "replies", "wait")
 
-    def __init__(self, future: asyncio.Future[list[Reply]], count: int) -> None:
+    def __init__(
+        self, future: asyncio.Future[list[Reply]], count: int, wait: float | None = None
+    ) -> None:
         self.future = future
         self.count = count
+        #: How long the server may take to answer, from this entry's turn on.
+        self.wait = wait
         self.replies: list[Reply] = []
         #: True while this (cancelled, waiting) reserve holds back later commands.
         self.holding = False
@@ -95,6 +107,7 @@ class _Connection(asyncio.Protocol):
         # connection a job (see _hold), and how many reasons there are to hold.
         self.held: list[tuple[bytes, _Pending]] | None = None
         self.holds = 0
+        self.timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------
 
@@ -116,6 +129,8 @@ class _Connection(asyncio.Protocol):
             entry.replies.append(reply)
             if len(entry.replies) == entry.count:
                 pending.popleft()
+                if self.timer is not None:
+                    self._start_timer()
                 if entry.future.cancelled():
                     self._abandoned(entry)
                 else:
@@ -148,11 +163,15 @@ class _Connection(asyncio.Protocol):
 
     # -- used by the client ----------------------------------------------------------
 
-    def send(self, data: bytes, count: int) -> asyncio.Future[list[Reply]]:
-        """Send commands in call order; return the future of their ``count`` replies."""
+    def send(self, data: bytes, count: int, wait: float | None) -> asyncio.Future[list[Reply]]:
+        """Send commands in call order; return the future of their ``count`` replies.
+
+        The server gets ``wait`` seconds (None: no limit) to answer once the
+        replies before these are in.
+        """
         if self.error is not None:
             raise self.error
-        entry = _Pending(self.loop.create_future(), count)
+        entry = _Pending(self.loop.create_future(), count, wait)
         if self.held is not None:
             self.held.append((data, entry))
         else:
@@ -174,8 +193,29 @@ class _Connection(asyncio.Protocol):
         else:  # the transport is only ever None before connecting or with error set
             raise ClientConnectionError("not connected")
         self.pending.append(entry)
+        if entry.wait is not None and len(self.pending) == 1:
+            self._start_timer()
         if waits_for_a_job(data):
             entry.future.add_done_callback(partial(self._hold, entry))
+
+    def _start_timer(self) -> None:
+        """Time the answer to the first pending entry (after the one before it, if any)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.pending:
+            head = self.pending[0]
+            if head.wait is not None:
+                self.timer = self.loop.call_later(head.wait, self._expire, head)
+
+    def _expire(self, entry: _Pending) -> None:
+        self.timer = None
+        if self.pending and self.pending[0] is entry:
+            self.fail(
+                ClientTimeoutError(
+                    f"the server did not answer within {entry.wait} s; connection closed"
+                )
+            )
 
     def _hold(self, entry: _Pending, future: asyncio.Future[list[Reply]]) -> None:
         """A waiting reserve was cancelled: hold back later commands until it is answered.
@@ -211,6 +251,9 @@ class _Connection(asyncio.Protocol):
         """Close the connection and fail every call still waiting with ``error``."""
         if self.error is None:
             self.error = error
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.transport is not None:
             self.transport.abort()
         entries = list(self.pending) + [entry for _, entry in self.held or ()]
@@ -360,7 +403,11 @@ class Client(ClientBase[TBody]):
         Raises :class:`ClientTimeoutError` or :class:`ClientConnectionError`.
         """
         if self._connection is not None:
-            raise ClientConnectionError("the client is already connected")
+            raise ClientConnectionError(
+                "the client is already connected"
+                if self._connection.error is None
+                else "the client was closed: make a new one"
+            )
         loop = asyncio.get_running_loop()
         connection = _Connection(loop)
         self._connection = connection
@@ -416,20 +463,11 @@ class Client(ClientBase[TBody]):
         raise error
 
     async def _wait(
-        self, connection: _Connection, future: asyncio.Future[list[Reply]], timeout: float | None
+        self, connection: _Connection, future: asyncio.Future[list[Reply]]
     ) -> list[Reply]:
         if connection.writable is not None:
             await connection.drain()
-        if timeout is None:
-            return await future
-        try:
-            return await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
-            error = ClientTimeoutError(
-                f"the server did not answer within {timeout} s; connection closed"
-            )
-            connection.fail(error)
-            raise error from None
+        return await future
 
     async def _run(self, request: Request[T]) -> T:
         """Send one command and return its parsed reply."""
@@ -439,7 +477,7 @@ class Client(ClientBase[TBody]):
         """Send one command and return its parsed reply, waiting at most ``wait`` seconds."""
         data, parse = request
         connection = self._live()
-        replies = await self._wait(connection, connection.send(data, 1), wait)
+        replies = await self._wait(connection, connection.send(data, 1, wait))
         try:
             return parse(replies[0])
         except ProtocolError as error:
@@ -457,15 +495,15 @@ class Client(ClientBase[TBody]):
                 batch.append(payload)
                 size += len(payload)
                 if len(batch) == _BATCH_COMMANDS or size >= _BATCH_BYTES:
-                    futures.append(connection.send(b"".join(batch), len(batch)))
+                    futures.append(connection.send(b"".join(batch), len(batch), self._timeout))
                     batch = []
                     size = 0
                     await connection.drain()
             if batch:
-                futures.append(connection.send(b"".join(batch), len(batch)))
+                futures.append(connection.send(b"".join(batch), len(batch), self._timeout))
             replies: list[Reply] = []
             for future in futures:
-                replies += await self._wait(connection, future, self._timeout)
+                replies += await self._wait(connection, future)
             return replies
         except BaseException:
             for future in futures:
@@ -488,9 +526,10 @@ class Client(ClientBase[TBody]):
         ``priority`` is 0 (most urgent) to 2**32-1; ``delay`` is how many
         seconds the job waits before it can be reserved; ``ttr`` is how many
         seconds a consumer may hold it before it is handed out again.
-        Raises :class:`JobTooBigError`, :class:`DrainingError`,
-        :class:`OutOfMemoryError` or :class:`BuriedWithJobIDError` (server out
-        of memory), or ValueError and TypeError for invalid arguments.
+        Raises :class:`~greenstalk.JobTooBigError`,
+        :class:`~greenstalk.DrainingError`, :class:`~greenstalk.OutOfMemoryError`
+        or :class:`~greenstalk.BuriedWithJobIDError` (server out of memory),
+        or ValueError and TypeError for invalid arguments.
         """
         if type(body) is str and self.encoding is not None:
             body = body.encode(self.encoding)
@@ -507,7 +546,7 @@ class Client(ClientBase[TBody]):
 
         Every body is checked before anything is sent. The puts go out in
         large batches without waiting for each reply, so this costs a few
-        round trips instead of one per job. Raises :class:`PutManyError`
+        round trips instead of one per job. Raises :class:`~greenstalk.PutManyError`
         when the server refused some bodies: it lists which bodies were
         inserted under which ids, and the client stays usable.
         """
@@ -537,10 +576,10 @@ class Client(ClientBase[TBody]):
     async def reserve(self, timeout: int | None = None) -> Job[TBody]:
         """Reserve a job from the watched tubes, waiting until one is ready.
 
-        With ``timeout`` (seconds, 0 to poll) raises :class:`TimedOutError`
-        when no job came in time. Raises :class:`DeadlineSoonError` when a
+        With ``timeout`` (seconds, 0 to poll) raises :class:`~greenstalk.TimedOutError`
+        when no job came in time. Raises :class:`~greenstalk.DeadlineSoonError` when a
         job this client holds is within a second of its TTR, and
-        :class:`BodyDecodeError` (the job stays reserved) when the body does
+        :class:`~greenstalk.BodyDecodeError` (the job stays reserved) when the body does
         not decode.
         """
         request = commands.reserve(timeout)
@@ -553,7 +592,7 @@ class Client(ClientBase[TBody]):
     async def reserve_job(self, job: JobOrID) -> Job[TBody]:
         """Reserve a specific job, in any tube and in any state except reserved.
 
-        Raises :class:`NotFoundError` if there is no such job or it is reserved.
+        Raises :class:`~greenstalk.NotFoundError` if there is no such job or it is reserved.
         """
         return self._job(await self._run(commands.reserve_job(job_id(job))))
 
@@ -566,21 +605,21 @@ class Client(ClientBase[TBody]):
     ) -> None:
         """Put a job this client reserved back into its tube, ready or after ``delay`` seconds.
 
-        Raises :class:`NotFoundError` if this client does not hold the job.
+        Raises :class:`~greenstalk.NotFoundError` if this client does not hold the job.
         """
         await self._run(commands.release(job_id(job), priority, delay))
 
     async def bury(self, job: JobOrID, priority: int = DEFAULT_PRIORITY) -> None:
         """Move a job this client reserved to its tube's buried list.
 
-        Raises :class:`NotFoundError` if this client does not hold the job.
+        Raises :class:`~greenstalk.NotFoundError` if this client does not hold the job.
         """
         await self._run(commands.bury(job_id(job), priority))
 
     async def touch(self, job: JobOrID) -> None:
         """Restart the TTR of a job this client reserved.
 
-        Raises :class:`NotFoundError` if this client does not hold the job.
+        Raises :class:`~greenstalk.NotFoundError` if this client does not hold the job.
         """
         await self._run(commands.touch(job_id(job)))
 
@@ -591,7 +630,7 @@ class Client(ClientBase[TBody]):
     async def ignore(self, tube: str) -> int:
         """Remove ``tube`` from the watch list and return how many tubes are watched.
 
-        Raises :class:`NotIgnoredError` if it is the only watched tube.
+        Raises :class:`~greenstalk.NotIgnoredError` if it is the only watched tube.
         """
         return await self._run(commands.ignore(tube))
 
@@ -600,28 +639,28 @@ class Client(ClientBase[TBody]):
     async def peek(self, id: JobOrID) -> Job[TBody]:
         """Return a job by id, in any tube and state, without reserving it.
 
-        Raises :class:`NotFoundError` if there is no such job.
+        Raises :class:`~greenstalk.NotFoundError` if there is no such job.
         """
         return self._job(await self._run(commands.peek(job_id(id))))
 
     async def peek_ready(self) -> Job[TBody]:
         """Return the job of the used tube that would be reserved next.
 
-        Raises :class:`NotFoundError` if it has no ready job.
+        Raises :class:`~greenstalk.NotFoundError` if it has no ready job.
         """
         return self._job(await self._run(commands.peek_ready()))
 
     async def peek_delayed(self) -> Job[TBody]:
         """Return the delayed job of the used tube that becomes ready soonest.
 
-        Raises :class:`NotFoundError` if it has no delayed job.
+        Raises :class:`~greenstalk.NotFoundError` if it has no delayed job.
         """
         return self._job(await self._run(commands.peek_delayed()))
 
     async def peek_buried(self) -> Job[TBody]:
         """Return the oldest buried job of the used tube.
 
-        Raises :class:`NotFoundError` if it has no buried job.
+        Raises :class:`~greenstalk.NotFoundError` if it has no buried job.
         """
         return self._job(await self._run(commands.peek_buried()))
 
@@ -635,16 +674,16 @@ class Client(ClientBase[TBody]):
     async def kick_job(self, job: JobOrID) -> None:
         """Move one buried or delayed job to ready.
 
-        Raises :class:`NotFoundError` if the job is not buried or delayed.
+        Raises :class:`~greenstalk.NotFoundError` if the job is not buried or delayed.
         """
         await self._run(commands.kick_job(job_id(job)))
 
     async def stats_job(self, job: JobOrID) -> StatsJob:
-        """Return the statistics of a job. Raises :class:`NotFoundError`."""
+        """Return the statistics of a job. Raises :class:`~greenstalk.NotFoundError`."""
         return cast(StatsJob, await self._run(commands.stats_job(job_id(job))))
 
     async def stats_tube(self, tube: str) -> StatsTube:
-        """Return the statistics of a tube. Raises :class:`NotFoundError`."""
+        """Return the statistics of a tube. Raises :class:`~greenstalk.NotFoundError`."""
         return cast(StatsTube, await self._run(commands.stats_tube(tube)))
 
     async def stats(self) -> Stats:
@@ -666,7 +705,7 @@ class Client(ClientBase[TBody]):
     async def pause_tube(self, tube: str, delay: int) -> None:
         """Hold back reservations from ``tube`` for ``delay`` seconds (0 ends a pause).
 
-        Raises :class:`NotFoundError` if the tube does not exist.
+        Raises :class:`~greenstalk.NotFoundError` if the tube does not exist.
         """
         await self._run(commands.pause_tube(tube, delay))
 

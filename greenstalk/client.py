@@ -56,14 +56,14 @@ class Client(ClientBase[TBody]):
     into and ``watch`` the tube, or tubes, to reserve from.
 
     ``socket_timeout`` bounds every wait on the socket, in seconds: past it
-    the connection is closed and :class:`ClientTimeoutError` (a builtin
+    the connection is closed and :class:`~greenstalk.ClientTimeoutError` (a builtin
     :class:`TimeoutError`) is raised. ``reserve(timeout=n)`` may wait ``n``
     seconds more, and a ``reserve()`` without a timeout waits as long as the
     server does. ``socket_connect_timeout`` bounds the connect. ``ssl`` wraps
     the connection in TLS, for servers behind a TLS terminator.
 
     Raises ValueError or TypeError for invalid arguments (before connecting),
-    and :class:`ClientConnectionError` when the server cannot be reached.
+    and :class:`~greenstalk.ClientConnectionError` when the server cannot be reached.
     """
 
     @overload
@@ -176,7 +176,7 @@ class Client(ClientBase[TBody]):
     def _receive(self, sock: socket.socket, replies: list[Reply], wanted: int, sent: int) -> None:
         """Read replies into ``replies`` until it holds ``wanted`` of them.
 
-        Raises :class:`ProtocolError` if the server sent more replies than
+        Raises :class:`~greenstalk.ProtocolError` if the server sent more replies than
         the ``sent`` commands asked for: an unasked-for reply would be
         taken as the answer to the next command.
         """
@@ -280,9 +280,10 @@ class Client(ClientBase[TBody]):
         ``priority`` is 0 (most urgent) to 2**32-1; ``delay`` is how many
         seconds the job waits before it can be reserved; ``ttr`` is how many
         seconds a consumer may hold it before it is handed out again.
-        Raises :class:`JobTooBigError`, :class:`DrainingError`,
-        :class:`OutOfMemoryError` or :class:`BuriedWithJobIDError` (server out
-        of memory), or ValueError and TypeError for invalid arguments.
+        Raises :class:`~greenstalk.JobTooBigError`,
+        :class:`~greenstalk.DrainingError`, :class:`~greenstalk.OutOfMemoryError`
+        or :class:`~greenstalk.BuriedWithJobIDError` (server out of memory),
+        or ValueError and TypeError for invalid arguments.
         """
         if type(body) is str and self.encoding is not None:
             body = body.encode(self.encoding)
@@ -299,7 +300,7 @@ class Client(ClientBase[TBody]):
 
         Every body is checked before anything is sent. The puts go out in
         large batches without waiting for each reply, so this costs a few
-        round trips instead of one per job. Raises :class:`PutManyError`
+        round trips instead of one per job. Raises :class:`~greenstalk.PutManyError`
         when the server refused some bodies: it lists which bodies were
         inserted under which ids, and the client stays usable.
         """
@@ -329,10 +330,10 @@ class Client(ClientBase[TBody]):
     def reserve(self, timeout: int | None = None) -> Job[TBody]:
         """Reserve a job from the watched tubes, waiting until one is ready.
 
-        With ``timeout`` (seconds, 0 to poll) raises :class:`TimedOutError`
-        when no job came in time. Raises :class:`DeadlineSoonError` when a
+        With ``timeout`` (seconds, 0 to poll) raises :class:`~greenstalk.TimedOutError`
+        when no job came in time. Raises :class:`~greenstalk.DeadlineSoonError` when a
         job this client holds is within a second of its TTR, and
-        :class:`BodyDecodeError` (the job stays reserved) when the body does
+        :class:`~greenstalk.BodyDecodeError` (the job stays reserved) when the body does
         not decode.
         """
         request = commands.reserve(timeout)
@@ -345,7 +346,7 @@ class Client(ClientBase[TBody]):
     def reserve_job(self, job: JobOrID) -> Job[TBody]:
         """Reserve a specific job, in any tube and in any state except reserved.
 
-        Raises :class:`NotFoundError` if there is no such job or it is reserved.
+        Raises :class:`~greenstalk.NotFoundError` if there is no such job or it is reserved.
         """
         return self._job(self._run(commands.reserve_job(job_id(job))))
 
@@ -358,21 +359,21 @@ class Client(ClientBase[TBody]):
     ) -> None:
         """Put a job this client reserved back into its tube, ready or after ``delay`` seconds.
 
-        Raises :class:`NotFoundError` if this client does not hold the job.
+        Raises :class:`~greenstalk.NotFoundError` if this client does not hold the job.
         """
         self._run(commands.release(job_id(job), priority, delay))
 
     def bury(self, job: JobOrID, priority: int = DEFAULT_PRIORITY) -> None:
         """Move a job this client reserved to its tube's buried list.
 
-        Raises :class:`NotFoundError` if this client does not hold the job.
+        Raises :class:`~greenstalk.NotFoundError` if this client does not hold the job.
         """
         self._run(commands.bury(job_id(job), priority))
 
     def touch(self, job: JobOrID) -> None:
         """Restart the TTR of a job this client reserved.
 
-        Raises :class:`NotFoundError` if this client does not hold the job.
+        Raises :class:`~greenstalk.NotFoundError` if this client does not hold the job.
         """
         self._run(commands.touch(job_id(job)))
 
@@ -383,7 +384,7 @@ class Client(ClientBase[TBody]):
     def ignore(self, tube: str) -> int:
         """Remove ``tube`` from the watch list and return how many tubes are watched.
 
-        Raises :class:`NotIgnoredError` if it is the only watched tube.
+        Raises :class:`~greenstalk.NotIgnoredError` if it is the only watched tube.
         """
         return self._run(commands.ignore(tube))
 
@@ -392,28 +393,28 @@ class Client(ClientBase[TBody]):
     def peek(self, id: JobOrID) -> Job[TBody]:
         """Return a job by id, in any tube and state, without reserving it.
 
-        Raises :class:`NotFoundError` if there is no such job.
+        Raises :class:`~greenstalk.NotFoundError` if there is no such job.
         """
         return self._job(self._run(commands.peek(job_id(id))))
 
     def peek_ready(self) -> Job[TBody]:
         """Return the job of the used tube that would be reserved next.
 
-        Raises :class:`NotFoundError` if it has no ready job.
+        Raises :class:`~greenstalk.NotFoundError` if it has no ready job.
         """
         return self._job(self._run(commands.peek_ready()))
 
     def peek_delayed(self) -> Job[TBody]:
         """Return the delayed job of the used tube that becomes ready soonest.
 
-        Raises :class:`NotFoundError` if it has no delayed job.
+        Raises :class:`~greenstalk.NotFoundError` if it has no delayed job.
         """
         return self._job(self._run(commands.peek_delayed()))
 
     def peek_buried(self) -> Job[TBody]:
         """Return the oldest buried job of the used tube.
 
-        Raises :class:`NotFoundError` if it has no buried job.
+        Raises :class:`~greenstalk.NotFoundError` if it has no buried job.
         """
         return self._job(self._run(commands.peek_buried()))
 
@@ -427,16 +428,16 @@ class Client(ClientBase[TBody]):
     def kick_job(self, job: JobOrID) -> None:
         """Move one buried or delayed job to ready.
 
-        Raises :class:`NotFoundError` if the job is not buried or delayed.
+        Raises :class:`~greenstalk.NotFoundError` if the job is not buried or delayed.
         """
         self._run(commands.kick_job(job_id(job)))
 
     def stats_job(self, job: JobOrID) -> StatsJob:
-        """Return the statistics of a job. Raises :class:`NotFoundError`."""
+        """Return the statistics of a job. Raises :class:`~greenstalk.NotFoundError`."""
         return cast(StatsJob, self._run(commands.stats_job(job_id(job))))
 
     def stats_tube(self, tube: str) -> StatsTube:
-        """Return the statistics of a tube. Raises :class:`NotFoundError`."""
+        """Return the statistics of a tube. Raises :class:`~greenstalk.NotFoundError`."""
         return cast(StatsTube, self._run(commands.stats_tube(tube)))
 
     def stats(self) -> Stats:
@@ -458,7 +459,7 @@ class Client(ClientBase[TBody]):
     def pause_tube(self, tube: str, delay: int) -> None:
         """Hold back reservations from ``tube`` for ``delay`` seconds (0 ends a pause).
 
-        Raises :class:`NotFoundError` if the tube does not exist.
+        Raises :class:`~greenstalk.NotFoundError` if the tube does not exist.
         """
         self._run(commands.pause_tube(tube, delay))
 
@@ -473,7 +474,7 @@ def _connect(
 ) -> socket.socket:
     """Open (or adopt) the connection, with TLS when ``context`` is given.
 
-    Raises :class:`ClientTimeoutError` or :class:`ClientConnectionError`.
+    Raises :class:`~greenstalk.ClientTimeoutError` or :class:`~greenstalk.ClientConnectionError`.
     """
     adopted = isinstance(address, socket.socket)
     sock: socket.socket | None = None

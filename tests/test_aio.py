@@ -209,3 +209,18 @@ def test_sequential_commands_are_not_delayed(address: greenstalk.Address) -> Non
     # Generous: 200 round trips on loopback take a few milliseconds; a
     # command left waiting for a flush that never comes would take forever.
     assert run(main()) < 5
+
+
+def test_socket_timeout_counts_from_each_commands_turn(address: greenstalk.Address) -> None:
+    async def main() -> None:
+        async with greenstalk.aio.Client(address, socket_timeout=0.5) as client:
+            # stats() waits in line behind the two-second reserve; its own
+            # half second starts only when the reserve is answered.
+            results = await asyncio.gather(
+                client.reserve(timeout=2), client.stats(), return_exceptions=True
+            )
+            assert isinstance(results[0], greenstalk.TimedOutError)
+            assert isinstance(results[1], dict)
+            assert not client.closed
+
+    run(main())
