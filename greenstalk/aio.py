@@ -89,11 +89,19 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-class _Connection(asyncio.Protocol):
+_RECEIVE_SIZE = 65536
+
+
+class _Connection(asyncio.BufferedProtocol):
     """One connection's byte stream: commands out in order, replies matched in order."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        # One receive buffer for the connection's life: asyncio's default of
+        # a fresh 256 KiB buffer per read costs an mmap/munmap pair per reply
+        # once the allocator serves such sizes from fresh pages.
+        self.buffer = bytearray(_RECEIVE_SIZE)
+        self.view = memoryview(self.buffer)
         self.transport: asyncio.Transport | None = None
         self.reader = ReplyReader()
         self.pending: deque[_Pending] = deque()
@@ -109,10 +117,16 @@ class _Connection(asyncio.Protocol):
         self.holds = 0
         self.timer: asyncio.TimerHandle | None = None
 
-    # -- asyncio.Protocol ------------------------------------------------------
+    # -- asyncio.BufferedProtocol ----------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self.view[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         try:
