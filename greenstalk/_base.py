@@ -1,15 +1,17 @@
-"""What the sync and asyncio clients share: jobs, defaults, and the I/O-free helpers."""
+"""What the sync and asyncio clients share: jobs, defaults, argument checks, helpers."""
 
 from __future__ import annotations
 
 import os
 import socket
+import struct
 from collections.abc import Iterable
-from typing import Any, Generic, TypeVar, Union, cast
+from typing import Any, Callable, Generic, TypeVar, Union, cast
 
 from ._protocol import commands
 from ._protocol.commands import BodyBytes, Request
-from ._protocol.errors import BodyDecodeError
+from ._protocol.errors import BeanstalkdError, BodyDecodeError
+from ._protocol.responses import Reply
 
 DEFAULT_TUBE = "default"
 DEFAULT_PRIORITY = 2**16
@@ -74,6 +76,12 @@ class ClientBase(Generic[TBody]):
         self.encoding = encoding
         self._closed_reason = ""
 
+    def _check_setup(self, results: list[Any]) -> None:
+        """Raise the first server error among the results of the set-up commands."""
+        for result in results:
+            if isinstance(result, BeanstalkdError):
+                raise result
+
     def _job(self, found: tuple[int, bytes]) -> Job[TBody]:
         job_id, body = found
         if self.encoding is None:
@@ -89,8 +97,29 @@ class ClientBase(Generic[TBody]):
         return cast(BodyBytes, body)
 
 
+def results_of(
+    replies: list[Reply], parsers: list[Callable[[Reply], T]]
+) -> list[T | BeanstalkdError]:
+    """Parse each reply with its parser; a server error reply becomes its exception.
+
+    Raises :class:`ProtocolError` for a reply that answers no such command.
+    """
+    results: list[T | BeanstalkdError] = []
+    for reply, parse in zip(replies, parsers):
+        try:
+            results.append(parse(reply))
+        except BeanstalkdError as error:
+            results.append(error)
+    return results
+
+
 def setup_requests(use: str, watch: list[str]) -> list[Request[Any]]:
-    """The commands that give a new connection its used tube and watch list."""
+    """The commands that give a new connection its used tube and watch list.
+
+    Raises TypeError or ValueError for an invalid tube name.
+    """
+    for tube in (use, *watch):
+        commands.check_tube(tube)
     requests: list[Request[Any]] = []
     if use != DEFAULT_TUBE:
         requests.append(commands.use(use))
@@ -98,3 +127,40 @@ def setup_requests(use: str, watch: list[str]) -> list[Request[Any]]:
     if DEFAULT_TUBE not in watch:
         requests.append(commands.ignore(DEFAULT_TUBE))
     return requests
+
+
+def open_socket(
+    address: tuple[str, int] | str | os.PathLike[str], timeout: float | None
+) -> socket.socket:
+    """Connect a blocking socket to ``(host, port)`` over TCP, or to a Unix socket path.
+
+    ``timeout`` bounds the connect. Raises OSError (socket.timeout when it runs out).
+    """
+    if isinstance(address, tuple):
+        sock = socket.create_connection(address, timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        return sock
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        if timeout is not None:
+            # A Unix socket connect in non-blocking mode fails at once when
+            # the server's queue is full; a blocking one waits, and Linux
+            # bounds that wait by the send timeout.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout))
+        try:
+            sock.connect(os.fspath(address))
+        except BlockingIOError as error:
+            raise socket.timeout("timed out") from error
+        if timeout is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _timeval(seconds: float) -> bytes:
+    """A C ``struct timeval`` (0 means no limit, so a limit is at least 1 µs)."""
+    microseconds = max(round(seconds * 1_000_000), 1 if seconds > 0 else 0)
+    return struct.pack("ll", *divmod(microseconds, 1_000_000))

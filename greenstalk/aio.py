@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Iterable
 from functools import partial
 from types import TracebackType
-from typing import Any, NoReturn, cast, overload
+from typing import Any, Callable, NoReturn, cast, overload
 
 from ._base import (
     DEFAULT_DELAY,
@@ -46,6 +46,8 @@ from ._base import (
     T,
     TBody,
     job_id,
+    open_socket,
+    results_of,
 )
 from ._protocol import commands
 from ._protocol.commands import BodyBytes, Request, waits_for_a_job
@@ -53,7 +55,6 @@ from ._protocol.errors import (
     BeanstalkdError,
     ClientConnectionError,
     ClientTimeoutError,
-    Error,
     ProtocolError,
     PutManyError,
 )
@@ -67,15 +68,19 @@ _BATCH_BYTES = 1 << 20
 
 
 class _Pending:
-    """Commands not yet fully answered: their future and replies so far."""
+    """Commands not yet fully answered: their parsers, future, and replies so far."""
 
-    __slots__ = ("count", "future", "holding", "replies", "wait")
+    __slots__ = ("future", "holding", "parsers", "replies", "wait")
 
     def __init__(
-        self, future: asyncio.Future[list[Reply]], count: int, wait: float | None = None
+        self,
+        loop: asyncio.AbstractEventLoop,
+        parsers: list[Callable[[Reply], Any]],
+        wait: float | None = None,
     ) -> None:
-        self.future = future
-        self.count = count
+        #: Resolves to the parsed results (a server error as its exception).
+        self.future: asyncio.Future[list[Any]] = loop.create_future()
+        self.parsers = parsers
         #: How long the server may take to answer, from this entry's turn on.
         self.wait = wait
         self.replies: list[Reply] = []
@@ -116,11 +121,15 @@ class _Connection(asyncio.BufferedProtocol):
         self.held: list[tuple[bytes, _Pending]] | None = None
         self.holds = 0
         self.timer: asyncio.TimerHandle | None = None
+        #: The task that opens the transport, while it runs.
+        self.connecting: asyncio.Future[None] | None = None
 
     # -- asyncio.BufferedProtocol ----------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        if self.error is not None:  # closed while connecting
+            self.transport.abort()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.view
@@ -141,16 +150,25 @@ class _Connection(asyncio.BufferedProtocol):
                 return
             entry = pending[0]
             entry.replies.append(reply)
-            if len(entry.replies) == entry.count:
+            if len(entry.replies) == len(entry.parsers):
                 pending.popleft()
-                if self.timer is not None:
-                    self._start_timer()
+                self._start_timer()
                 if entry.future.cancelled():
                     self._abandoned(entry)
-                else:
-                    entry.future.set_result(entry.replies)
+                    continue
+                # Parsed here, not in the waiting task, so that a reply that
+                # answers no such command stops every reply after it.
+                try:
+                    results = results_of(entry.replies, entry.parsers)
+                except ProtocolError as error:
+                    entry.future.set_exception(error)
+                    self.fail(error)
+                    return
+                entry.future.set_result(results)
         if self.reader.error is not None:  # bad bytes after the good replies
             self.fail(self.reader.error)
+        elif not pending and not self.reader.drained:
+            self.fail(ProtocolError("the server sent bytes that answer no command"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -177,24 +195,40 @@ class _Connection(asyncio.BufferedProtocol):
 
     # -- used by the client ----------------------------------------------------------
 
-    def send(self, data: bytes, count: int, wait: float | None) -> asyncio.Future[list[Reply]]:
-        """Send commands in call order; return the future of their ``count`` replies.
+    def send(
+        self,
+        data: bytes,
+        parsers: list[Callable[[Reply], Any]],
+        wait: float | None,
+        flush: bool = False,
+    ) -> _Pending:
+        """Send commands in call order; return their entry, whose future gets the results.
 
-        The server gets ``wait`` seconds (None: no limit) to answer once the
-        replies before these are in.
+        ``parsers`` has one parser per command. The server gets ``wait``
+        seconds (None: no limit) to answer once the replies before these are
+        in. ``flush`` writes to the transport now rather than with the other
+        commands of this loop turn.
         """
         if self.error is not None:
             raise self.error
-        entry = _Pending(self.loop.create_future(), count, wait)
+        entry = _Pending(self.loop, parsers, wait)
         if self.held is not None:
             self.held.append((data, entry))
         else:
-            self._transmit(data, entry)
-        return entry.future
+            self._transmit(data, entry, flush)
+        return entry
 
-    def _transmit(self, data: bytes, entry: _Pending) -> None:
+    def abandon(self, entry: _Pending) -> None:
+        """The caller stopped waiting (it was cancelled): drop the reply, release any job."""
+        future = entry.future
+        if not future.done():
+            future.cancel()  # handled when the reply comes, and by _hold
+        elif not future.cancelled() and future.exception() is None:
+            self._abandoned(entry)  # the reply came just as the caller was cancelled
+
+    def _transmit(self, data: bytes, entry: _Pending, flush: bool = False) -> None:
         """Write commands now, or with the others of this loop turn."""
-        if self.pending:
+        if self.pending and not flush:
             # Replies to earlier commands are still to come, so this one
             # would wait for them anyway: join the other commands of this
             # loop turn in one write.
@@ -203,6 +237,8 @@ class _Connection(asyncio.BufferedProtocol):
                 self.flush_scheduled = True
                 self.loop.call_soon(self._flush)
         elif self.transport is not None:
+            if self.outgoing:
+                self._flush()
             self.transport.write(data)
         else:  # the transport is only ever None before connecting or with error set
             raise ClientConnectionError("not connected")
@@ -231,7 +267,7 @@ class _Connection(asyncio.BufferedProtocol):
                 )
             )
 
-    def _hold(self, entry: _Pending, future: asyncio.Future[list[Reply]]) -> None:
+    def _hold(self, entry: _Pending, future: asyncio.Future[list[Any]]) -> None:
         """A waiting reserve was cancelled: hold back later commands until it is answered.
 
         The server will not read them before it answers anyway, so holding
@@ -301,20 +337,22 @@ class _Connection(asyncio.BufferedProtocol):
         # release needs a priority; read the job's own so it is not changed.
         # These commands skip the held ones: they must reach the server first.
         data, parse_stats = commands.stats_job(reserved)
-        stats = _Pending(self.loop.create_future(), 1)
+        stats = _Pending(self.loop, [parse_stats])
         self._transmit(data, stats)
 
-        def release(future: asyncio.Future[list[Reply]]) -> None:
+        def release(future: asyncio.Future[list[Any]]) -> None:
             try:
                 if future.cancelled() or future.exception() is not None:
                     return
-                priority = int(parse_stats(future.result()[0])["pri"])
-                release_data, _ = commands.release(reserved, priority, 0)
-                released = _Pending(self.loop.create_future(), 1)
+                found = future.result()[0]
+                if isinstance(found, BeanstalkdError):
+                    return  # the job is gone: nothing to release
+                release_data, parse_release = commands.release(reserved, int(found["pri"]), 0)
+                released = _Pending(self.loop, [parse_release])
                 self._transmit(release_data, released)
                 released.future.add_done_callback(_retrieve)
-            except Error:
-                return  # the job is gone (or the connection is): nothing to release
+            except ClientConnectionError:
+                return  # the connection is gone, and the job back in the queue with it
             finally:
                 if holding:
                     self._unhold()
@@ -377,7 +415,13 @@ class Client(ClientBase[TBody]):
         self._closed_reason = "not connected: use 'async with' or greenstalk.aio.connect()"
 
     def __repr__(self) -> str:
-        state = f"closed ({self._closed_reason})" if self.closed else "open"
+        connection = self._connection
+        if connection is not None and connection.error is not None:
+            state = f"closed ({connection.error})"
+        elif connection is None:
+            state = f"closed ({self._closed_reason})"
+        else:
+            state = "open"
         return f"<greenstalk.aio.Client address={self.address!r} {state}>"
 
     async def __aenter__(self) -> Client[TBody]:
@@ -403,11 +447,15 @@ class Client(ClientBase[TBody]):
         Jobs this connection had reserved go back to the ready queue.
         """
         connection = self._connection
-        if connection is None or connection.error is not None:
+        if connection is None:
             return
-        self._closed_reason = "closed by the client"
-        connection.fail(ClientConnectionError(self._closed_reason))
-        await connection.lost
+        if connection.error is None:
+            self._closed_reason = "closed by the client"
+            connection.fail(ClientConnectionError(self._closed_reason))
+        if connection.transport is not None:
+            await connection.lost
+        elif connection.connecting is not None:
+            connection.connecting.cancel()  # and connection_made aborts a late transport
 
     # -- transport ---------------------------------------------------------
 
@@ -425,8 +473,15 @@ class Client(ClientBase[TBody]):
         loop = asyncio.get_running_loop()
         connection = _Connection(loop)
         self._connection = connection
+        connecting = asyncio.ensure_future(self._create(loop, connection))
+        connection.connecting = connecting
         try:
-            await asyncio.wait_for(self._create(loop, connection), self._connect_timeout)
+            await asyncio.wait_for(connecting, self._connect_timeout)
+        except asyncio.CancelledError:
+            if connection.error is None:  # this call was cancelled, not the connect
+                connection.fail(ClientConnectionError("connecting was cancelled"))
+                raise
+            raise ClientConnectionError(f"the connection is closed: {connection.error}") from None
         except (asyncio.TimeoutError, socket.timeout) as error:
             self._closed_reason = f"cannot connect to {self.address!r}: timed out"
             connection.fail(ClientTimeoutError(self._closed_reason))
@@ -438,11 +493,11 @@ class Client(ClientBase[TBody]):
         except BaseException:
             connection.fail(ClientConnectionError("connecting failed"))
             raise
+        if connection.error is not None:  # closed while connecting
+            raise ClientConnectionError(f"the connection is closed: {connection.error}")
         if self._setup:
             try:
-                replies = await self._pipeline(data for data, _ in self._setup)
-                for reply, (_, parse) in zip(replies, self._setup):
-                    parse(reply)
+                self._check_setup(await self._pipeline(self._setup))
             except BaseException:
                 await self.close()
                 raise
@@ -461,7 +516,17 @@ class Client(ClientBase[TBody]):
                 socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1
             )
         else:
-            await loop.create_unix_connection(lambda: connection, os.fspath(address), ssl=context)
+            # A non-blocking connect to a Unix socket whose queue is full
+            # fails at once, and asyncio takes that for success; a blocking
+            # one, in a worker thread, waits (bounded by the connect timeout).
+            sock = await loop.run_in_executor(
+                None, open_socket, os.fspath(address), self._connect_timeout
+            )
+            try:
+                await loop.create_unix_connection(lambda: connection, sock=sock, ssl=context)
+            except BaseException:
+                sock.close()
+                raise
 
     def _live(self) -> _Connection:
         connection = self._connection
@@ -476,13 +541,6 @@ class Client(ClientBase[TBody]):
         self._live().fail(error)
         raise error
 
-    async def _wait(
-        self, connection: _Connection, future: asyncio.Future[list[Reply]]
-    ) -> list[Reply]:
-        if connection.writable is not None:
-            await connection.drain()
-        return await future
-
     async def _run(self, request: Request[T]) -> T:
         """Send one command and return its parsed reply."""
         return await self._run_waiting(request, self._timeout)
@@ -491,37 +549,48 @@ class Client(ClientBase[TBody]):
         """Send one command and return its parsed reply, waiting at most ``wait`` seconds."""
         data, parse = request
         connection = self._live()
-        replies = await self._wait(connection, connection.send(data, 1, wait))
+        entry = connection.send(data, [parse], wait)
         try:
-            return parse(replies[0])
-        except ProtocolError as error:
-            connection.fail(error)
+            if connection.writable is not None:
+                await connection.drain()
+            result = (await entry.future)[0]
+        except asyncio.CancelledError:
+            connection.abandon(entry)
             raise
+        if isinstance(result, BeanstalkdError):
+            raise result
+        return cast(T, result)
 
-    async def _pipeline(self, payloads: Iterable[bytes]) -> list[Reply]:
-        """Send many commands, a batch at a time, and return their replies in order."""
+    async def _pipeline(self, requests: Iterable[Request[T]]) -> list[T | BeanstalkdError]:
+        """Send many commands, a batch at a time, and return their results in order.
+
+        A server error reply is returned as its exception, in its place.
+        """
         connection = self._live()
-        futures: list[asyncio.Future[list[Reply]]] = []
+        entries: list[_Pending] = []
         try:
             batch: list[bytes] = []
+            parsers: list[Callable[[Reply], Any]] = []
             size = 0
-            for payload in payloads:
-                batch.append(payload)
-                size += len(payload)
+            for data, parse in requests:
+                batch.append(data)
+                parsers.append(parse)
+                size += len(data)
                 if len(batch) == _BATCH_COMMANDS or size >= _BATCH_BYTES:
-                    futures.append(connection.send(b"".join(batch), len(batch), self._timeout))
-                    batch = []
-                    size = 0
+                    entries.append(
+                        connection.send(b"".join(batch), parsers, self._timeout, flush=True)
+                    )
+                    batch, parsers, size = [], [], 0
                     await connection.drain()
             if batch:
-                futures.append(connection.send(b"".join(batch), len(batch), self._timeout))
-            replies: list[Reply] = []
-            for future in futures:
-                replies += await self._wait(connection, future)
-            return replies
+                entries.append(connection.send(b"".join(batch), parsers, self._timeout))
+            results: list[T | BeanstalkdError] = []
+            for entry in entries:
+                results += await entry.future
+            return results
         except BaseException:
-            for future in futures:
-                future.cancel()
+            for entry in entries:
+                connection.abandon(entry)
             raise
 
     # BEGIN COMMANDS (generated from greenstalk/client.py by scripts/generate_aio.py)
@@ -569,14 +638,12 @@ class Client(ClientBase[TBody]):
         )
         ids: list[int | None] = []
         errors: dict[int, BeanstalkdError] = {}
-        for index, reply in enumerate(await self._pipeline(payloads)):
-            try:
-                ids.append(parse(reply))
-            except BeanstalkdError as error:
-                ids.append(getattr(error, "id", None))
-                errors[index] = error
-            except ProtocolError as error:
-                self._fail(error)
+        for index, result in enumerate(await self._pipeline((data, parse) for data in payloads)):
+            if isinstance(result, BeanstalkdError):
+                ids.append(getattr(result, "id", None))
+                errors[index] = result
+            else:
+                ids.append(result)
         if errors:
             raise PutManyError(ids, errors)
         return cast(list[int], ids)

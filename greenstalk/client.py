@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import ssl as _ssl
-import struct
 from collections import deque
 from collections.abc import Iterable
 from types import TracebackType
-from typing import NoReturn, cast, overload
+from typing import Callable, NoReturn, cast, overload
 
 from ._base import (
     DEFAULT_DELAY,
@@ -25,6 +23,8 @@ from ._base import (
     T,
     TBody,
     job_id,
+    open_socket,
+    results_of,
 )
 from ._protocol import commands
 from ._protocol.commands import BodyBytes, Request
@@ -111,9 +111,7 @@ class Client(ClientBase[TBody]):
         self._timeout = self._socket.gettimeout()
         if self._setup:
             try:
-                replies = self._pipeline([data for data, _ in self._setup])
-                for reply, (_, parse) in zip(replies, self._setup):
-                    parse(reply)
+                self._check_setup(self._pipeline(self._setup))
             except BaseException:
                 self.close()
                 raise
@@ -227,23 +225,26 @@ class Client(ClientBase[TBody]):
                 sock.settimeout(self._timeout)
         return result
 
-    def _pipeline(self, payloads: Iterable[bytes]) -> list[Reply]:
-        """Send many commands without waiting for each reply; return the replies in order.
+    def _pipeline(self, requests: Iterable[Request[T]]) -> list[T | BeanstalkdError]:
+        """Send many commands without waiting for each reply; return their results in order.
 
-        The commands are taken from ``payloads`` one batch at a time.
+        The commands are taken from ``requests`` one batch at a time. A
+        server error reply is returned as its exception, in its place.
         """
         sock = self._live_socket()
         replies: list[Reply] = []
+        parsers: list[Callable[[Reply], T]] = []
         # Commands sent when each batch went out; at most two batches unread.
         sent_after: deque[int] = deque()
         sent = 0
-        pending = iter(payloads)
+        pending = iter(requests)
         try:
             while True:
                 batch: list[bytes] = []
                 size = 0
-                for payload in pending:
+                for payload, parse in pending:
                     batch.append(payload)
+                    parsers.append(parse)
                     size += len(payload)
                     if len(batch) == _BATCH_COMMANDS or size >= _BATCH_BYTES:
                         break
@@ -257,12 +258,12 @@ class Client(ClientBase[TBody]):
             self._receive(sock, replies, sent, sent)
             if not self._reader.drained:
                 raise ProtocolError("the server sent bytes that answer no command")
+            return results_of(replies, parsers)
         except (OSError, ProtocolError) as error:
             self._fail(error)
         except BaseException:
             self._abort("interrupted while waiting for replies")
             raise
-        return replies
 
     # BEGIN COMMANDS (scripts/generate_aio.py copies these into greenstalk/aio.py)
 
@@ -309,14 +310,12 @@ class Client(ClientBase[TBody]):
         )
         ids: list[int | None] = []
         errors: dict[int, BeanstalkdError] = {}
-        for index, reply in enumerate(self._pipeline(payloads)):
-            try:
-                ids.append(parse(reply))
-            except BeanstalkdError as error:
-                ids.append(getattr(error, "id", None))
-                errors[index] = error
-            except ProtocolError as error:
-                self._fail(error)
+        for index, result in enumerate(self._pipeline((data, parse) for data in payloads)):
+            if isinstance(result, BeanstalkdError):
+                ids.append(getattr(result, "id", None))
+                errors[index] = result
+            else:
+                ids.append(result)
         if errors:
             raise PutManyError(ids, errors)
         return cast(list[int], ids)
@@ -479,7 +478,10 @@ def _connect(
     adopted = isinstance(address, socket.socket)
     sock: socket.socket | None = None
     try:
-        sock = address if isinstance(address, socket.socket) else _open(address, connect_timeout)
+        if isinstance(address, socket.socket):
+            sock = address
+        else:
+            sock = open_socket(address, connect_timeout)
         if context is not None:
             # The handshake is part of connecting, and bounded like it.
             sock.settimeout(connect_timeout if connect_timeout is not None else timeout)
@@ -497,40 +499,6 @@ def _connect(
     if not adopted or context is not None or timeout is not None or sock.gettimeout() == 0.0:
         sock.settimeout(timeout)
     return sock
-
-
-def _open(
-    address: tuple[str, int] | str | os.PathLike[str], timeout: float | None
-) -> socket.socket:
-    """Connect to ``(host, port)`` over TCP, or to a Unix socket path."""
-    if isinstance(address, tuple):
-        sock = socket.create_connection(address, timeout=timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        return sock
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        if timeout is not None:
-            # A Unix socket connect in non-blocking mode fails at once when
-            # the server's queue is full; a blocking one waits, and Linux
-            # bounds that wait by the send timeout.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout))
-        try:
-            sock.connect(os.fspath(address))
-        except BlockingIOError as error:
-            raise socket.timeout("timed out") from error
-        if timeout is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(0))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _timeval(seconds: float) -> bytes:
-    """A C ``struct timeval`` (0 means no limit, so a limit is at least 1 µs)."""
-    microseconds = max(round(seconds * 1_000_000), 1 if seconds > 0 else 0)
-    return struct.pack("ll", *divmod(microseconds, 1_000_000))
 
 
 __all__ = [

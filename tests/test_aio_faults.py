@@ -598,7 +598,10 @@ def test_reply_to_no_command(serve: Serve) -> None:
     """The server speaks first: the client closes the connection at once."""
 
     async def main() -> None:
-        async with serve([Send(b"INSERTED 1\r\n"), Silent(timeout=3)]) as (server, client):
+        connected = threading.Event()
+        script = [Wait(connected), Send(b"INSERTED 1\r\n"), Silent(timeout=3)]
+        async with serve(script) as (server, client):
+            connected.set()
             deadline = time.monotonic() + 5
             while not client.closed:
                 assert time.monotonic() < deadline
