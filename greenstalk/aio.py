@@ -95,6 +95,7 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 
 _RECEIVE_SIZE = 65536
+_SOCKET_TIMEOUT: Any = object()
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -152,7 +153,8 @@ class _Connection(asyncio.BufferedProtocol):
             entry.replies.append(reply)
             if len(entry.replies) == len(entry.parsers):
                 pending.popleft()
-                self._start_timer()
+                if self.timer is not None or (pending and pending[0].wait is not None):
+                    self._start_timer()
                 if entry.future.cancelled():
                     self._abandoned(entry)
                     continue
@@ -541,15 +543,14 @@ class Client(ClientBase[TBody]):
         self._live().fail(error)
         raise error
 
-    async def _run(self, request: Request[T]) -> T:
-        """Send one command and return its parsed reply."""
-        return await self._run_waiting(request, self._timeout)
+    async def _run(self, request: Request[T], wait: Any = _SOCKET_TIMEOUT) -> T:
+        """Send one command and return its parsed reply.
 
-    async def _run_waiting(self, request: Request[T], wait: float | None) -> T:
-        """Send one command and return its parsed reply, waiting at most ``wait`` seconds."""
+        The server gets ``wait`` seconds (by default ``socket_timeout``) to answer.
+        """
         data, parse = request
         connection = self._live()
-        entry = connection.send(data, [parse], wait)
+        entry = connection.send(data, [parse], self._timeout if wait is _SOCKET_TIMEOUT else wait)
         try:
             if connection.writable is not None:
                 await connection.drain()
@@ -560,6 +561,9 @@ class Client(ClientBase[TBody]):
         if isinstance(result, BeanstalkdError):
             raise result
         return cast(T, result)
+
+    # The waiting reserve's way to give the server more time than socket_timeout.
+    _run_waiting = _run
 
     async def _pipeline(self, requests: Iterable[Request[T]]) -> list[T | BeanstalkdError]:
         """Send many commands, a batch at a time, and return their results in order.
