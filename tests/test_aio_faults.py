@@ -22,7 +22,7 @@ import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 
@@ -38,6 +38,7 @@ from greenstalk.testing import BeanstalkdProcess
 
 from .conftest import StartServer
 from .fakeserver import Close, Expect, FakeServer, Send, Silent, Stall, Step, Wait
+from .test_faults import CALLS as SYNC_CALLS
 from .test_faults import GARBAGE, PUT_X, RESERVE, put_command
 
 T = TypeVar("T")
@@ -56,35 +57,9 @@ def run(coroutine: Coroutine[Any, Any, T], deadline: float = 15) -> T:
     return asyncio.run(asyncio.wait_for(coroutine, deadline))
 
 
-# Every public method that talks to the server, with valid arguments.
-CALLS: dict[str, Call] = {
-    "put": lambda c: c.put(b"x"),
-    "put_many": lambda c: c.put_many([b"x", b"y"]),
-    "put_many_empty": lambda c: c.put_many([]),
-    "use": lambda c: c.use("t"),
-    "reserve": lambda c: c.reserve(),
-    "reserve_timeout": lambda c: c.reserve(timeout=0),
-    "reserve_job": lambda c: c.reserve_job(1),
-    "delete": lambda c: c.delete(1),
-    "release": lambda c: c.release(1),
-    "bury": lambda c: c.bury(1),
-    "touch": lambda c: c.touch(greenstalk.Job(1, b"x")),
-    "watch": lambda c: c.watch("t"),
-    "ignore": lambda c: c.ignore("t"),
-    "peek": lambda c: c.peek(1),
-    "peek_ready": lambda c: c.peek_ready(),
-    "peek_delayed": lambda c: c.peek_delayed(),
-    "peek_buried": lambda c: c.peek_buried(),
-    "kick": lambda c: c.kick(1),
-    "kick_job": lambda c: c.kick_job(1),
-    "stats_job": lambda c: c.stats_job(1),
-    "stats_tube": lambda c: c.stats_tube("t"),
-    "stats": lambda c: c.stats(),
-    "tubes": lambda c: c.tubes(),
-    "using": lambda c: c.using(),
-    "watching": lambda c: c.watching(),
-    "pause_tube": lambda c: c.pause_tube("t", 1),
-}
+# Every public method that talks to the server, with valid arguments: the
+# sync tests' table, whose calls return coroutines on an asyncio client.
+CALLS: dict[str, Call] = {name: cast(Call, call) for name, call in SYNC_CALLS.items()}
 
 # The bytes some of the calls send.
 COMMANDS: dict[str, bytes] = {
