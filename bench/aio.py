@@ -11,39 +11,35 @@ environment when missing, and runs each client in a worker process
 (``bench/aio_worker.py``) pinned with ``taskset``: ``greenstalk.aio`` and our
 sync client with this Python, aiostalk with its environment's. Each cell is
 the median of interleaved rounds (round 1: ours-aio, aiostalk, ours-sync;
-round 2: ...). It shares its set-up, pinning and worker plumbing with
-``bench/clients.py``. See ``bench/README.md``.
+round 2: ...). It shares its set-up, pinning, worker plumbing, rounds
+loop and common options with ``bench/clients.py``. See ``bench/README.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from aio_worker import AIOSTALK, DEFAULT_TASKS, OURS_AIO, OURS_SYNC
 from clients import (
     BENCH_DIR,
-    CPU_MODES,
-    DEFAULT_VENVS,
     SMALL,
-    CpuMode,
     Peer,
     Results,
-    Worker,
-    check_cpus,
+    WorkerScript,
+    add_common_arguments,
+    chosen_modes,
     ensure_venv,
-    pin,
+    mode_heading,
+    parse_common_arguments,
+    run_mode,
+    server_version,
     spread,
+    text_table,
 )
-
-from greenstalk.testing import find_beanstalkd, run_beanstalkd
-
-AIO_WORKER = BENCH_DIR / "aio_worker.py"
 
 AIOSTALK_1_3_1 = Peer(AIOSTALK, "aiostalk", "aiostalk==1.3.1", "aiostalk", "1.3.1")
 CLIENT_ORDER = (OURS_AIO, AIOSTALK, OURS_SYNC)  # the order within every round
@@ -58,6 +54,11 @@ class Case:
 
     op: str  # the worker's operation name
     count: int
+
+    @property
+    def size(self) -> int:
+        """The body size: always 100 bytes."""
+        return SMALL
 
     @property
     def sync_applies(self) -> bool:
@@ -91,37 +92,9 @@ def cases(scale: float) -> list[Case]:
 # -- workers -------------------------------------------------------------------
 
 
-class AioWorker(Worker):
-    """A worker process running ``aio_worker.py`` for one client."""
-
-    def __init__(
-        self, name: str, python: Path, cpu: int, address: tuple[str, int], tasks: int
-    ) -> None:
-        # Worker's own __init__ runs client_worker.py; only the command differs.
-        self.name = name
-        host, port = address
-        self._process = subprocess.Popen(
-            ["taskset", "--cpu-list", str(cpu), str(python), "-E", "-s", str(AIO_WORKER),
-             "--client", name, "--host", host, "--port", str(port), "--tasks", str(tasks)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self.info = self._answer()
-
-
-@contextmanager
-def running_workers(
-    pythons: dict[str, Path], cpu: int, address: tuple[str, int], tasks: int
-) -> Iterator[dict[str, Worker]]:
-    """Start one worker per client, in round order, and stop them all on exit."""
-    with ExitStack() as stack:
-        workers: dict[str, Worker] = {}
-        for name in CLIENT_ORDER:
-            worker = AioWorker(name, pythons[name], cpu, address, tasks)
-            stack.callback(worker.close)
-            workers[name] = worker
-        yield workers
+def aio_worker(tasks: int) -> WorkerScript:
+    """``aio_worker.py``, with ``-E -s`` so that it finds ``client_worker.py`` beside it."""
+    return WorkerScript(BENCH_DIR / "aio_worker.py", ("-E", "-s"), ("--tasks", str(tasks)))
 
 
 def runs(case: Case, client: str) -> bool:
@@ -129,44 +102,9 @@ def runs(case: Case, client: str) -> bool:
     return client != OURS_SYNC or case.sync_applies
 
 
-def run_mode(
-    mode: CpuMode,
-    pythons: dict[str, Path],
-    plan: list[Case],
-    rounds: int,
-    tasks: int,
-    verbose: bool,
-) -> tuple[Results, dict[str, dict[str, object]]]:
-    """Measure every case for every client in interleaved rounds, under one CPU pinning."""
-    results = Results()
-    with run_beanstalkd() as server, ExitStack() as stack:
-        pin(server.process.pid, mode.server_cpu)
-        address = server.address
-        if not isinstance(address, tuple):  # never: run_beanstalkd() listens on TCP here
-            raise RuntimeError(f"expected a TCP address, got {address!r}")
-        workers = stack.enter_context(running_workers(pythons, mode.client_cpu, address, tasks))
-        # An untimed warm-up round with fewer jobs: imports, connections, the
-        # sync client's threads and the server's first allocations.
-        for case in plan:
-            for name, worker in workers.items():
-                if runs(case, name):
-                    worker.measure(case.op, SMALL, min(case.count, 500))
-        for round_number in range(1, rounds + 1):
-            for case in plan:
-                for name, worker in workers.items():
-                    if not runs(case, name):
-                        continue
-                    rate = worker.measure(case.op, SMALL, case.count)
-                    results.add(name, case.op, SMALL, rate)
-                    if verbose:
-                        print(
-                            f"  {mode.name} round {round_number}: {name:<16} "
-                            f"{case.op:<16} {rate:>10,.0f} ops/s",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-        infos = {name: worker.info for name, worker in workers.items()}
-    return results, infos
+def describe(case: Case) -> str:
+    """A case in the ``--verbose`` lines."""
+    return f"{case.op:<16}"
 
 
 # -- output --------------------------------------------------------------------
@@ -175,13 +113,6 @@ def run_mode(
 def ratio(results: Results, case: Case, client: str) -> float:
     """ours-aio's median ops/s over ``client``'s."""
     return results.median(OURS_AIO, case.op, SMALL) / results.median(client, case.op, SMALL)
-
-
-def round_ratios(results: Results, case: Case) -> list[float]:
-    """ours-aio's ops/s over aiostalk's, round by round (measured moments apart)."""
-    ours = results.rates[OURS_AIO, case.op, SMALL]
-    theirs = results.rates[AIOSTALK, case.op, SMALL]
-    return [mine / other for mine, other in zip(ours, theirs)]
 
 
 def table(results: Results, plan: list[Case], tasks: int, aiostalk_label: str) -> str:
@@ -205,17 +136,13 @@ def table(results: Results, plan: list[Case], tasks: int, aiostalk_label: str) -
                 f"{results.median(AIOSTALK, case.op, SMALL):,.0f}",
                 f"{results.median(OURS_SYNC, case.op, SMALL):,.0f}" if sync else "-",
                 f"{ratio(results, case, AIOSTALK):.2f}x",
-                spread(round_ratios(results, case)),
+                spread(
+                    results.round_ratios((OURS_AIO, case.op, SMALL), (AIOSTALK, case.op, SMALL))
+                ),
                 f"{ratio(results, case, OURS_SYNC):.2f}x" if sync else "-",
             ]
         )
-    widths = [max(len(row[i]) for row in [headings, *rows]) for i in range(len(headings))]
-
-    def line(cells: Sequence[str]) -> str:
-        rest = "  ".join(f"{cell:>{width}}" for cell, width in zip(cells[1:], widths[1:]))
-        return f"{cells[0]:<{widths[0]}}  {rest}"
-
-    return "\n".join([line(headings), line(["-" * w for w in widths]), *map(line, rows)])
+    return text_table(headings, rows, left=1)
 
 
 def target_check(results: Results, plan: list[Case], tasks: int) -> str:
@@ -240,55 +167,42 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Compare greenstalk.aio with aiostalk 1.3.1 and our sync client."
     )
-    parser.add_argument(
-        "--cpus",
-        choices=["same", "split", "both"],
-        default="both",
-        help="same: server and client on CPU 0; split: server on CPU 0, client on CPU 1 "
-        "(the realistic case); both (default): run both and print both tables",
-    )
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 1/20 of the jobs")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    parser.add_argument(
-        "--scale", type=float, default=None, help="multiply every job count by this"
-    )
+    add_common_arguments(parser, "job", "aiostalk's virtual environment")
     parser.add_argument(
         "--tasks",
         type=int,
         default=DEFAULT_TASKS,
         help=f"concurrent tasks, connections or threads (default {DEFAULT_TASKS})",
     )
-    parser.add_argument(
-        "--venvs",
-        type=Path,
-        default=DEFAULT_VENVS,
-        help=f"where aiostalk's virtual environment lives (default {DEFAULT_VENVS})",
-    )
-    parser.add_argument("--verbose", action="store_true", help="print every round to stderr")
-    args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
+    args = parse_common_arguments(parser, argv)
     if args.tasks < 1:
         parser.error("--tasks must be at least 1")
-    if args.scale is None:
-        args.scale = 0.05 if args.quick else 1.0
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Set up aiostalk, run the chosen CPU modes and print one table per mode."""
     args = parse_args(argv)
-    modes = list(CPU_MODES.values()) if args.cpus == "both" else [CPU_MODES[args.cpus]]
-    check_cpus(modes)
-    ours = Path(sys.executable)
-    pythons = {OURS_AIO: ours, OURS_SYNC: ours, AIOSTALK: ensure_venv(AIOSTALK_1_3_1, args.venvs)}
+    modes = chosen_modes(args.cpus)
+    aiostalk_python = ensure_venv(AIOSTALK_1_3_1, args.venvs)
+    pythons = {  # in round order: the workers start, and are measured, in this order
+        name: aiostalk_python if name == AIOSTALK else Path(sys.executable)
+        for name in CLIENT_ORDER
+    }
     plan = cases(args.scale)
-    server_version = subprocess.run(
-        [find_beanstalkd(), "-v"], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    server = server_version()
     for mode in modes:
-        results, infos = run_mode(mode, pythons, plan, args.rounds, args.tasks, args.verbose)
-        print(f"\n== --cpus {mode.name}: {mode.description}; {server_version} over TCP 127.0.0.1")
+        results, infos = run_mode(
+            mode,
+            pythons,
+            plan,
+            args.rounds,
+            args.verbose,
+            runs=runs,
+            describe=describe,
+            script=aio_worker(args.tasks),
+        )
+        print(mode_heading(mode, server))
         print(
             f"   ops/s, medians of {args.rounds} interleaved rounds; ours = greenstalk "
             f"{infos[OURS_AIO]['version']} (Python {infos[OURS_AIO]['python']}, "

@@ -6,7 +6,8 @@
 aiostalk 1.3.1 by its own (it depends on greenstalk 2.x, which shares our
 import name). The worker runs with ``python -E -s``: no environment
 variables or user site-packages, but this directory on ``sys.path``, for
-``client_worker.py``'s setup connection and sync timing loops. That
+``client_worker.py``'s setup connection, sync timing loops and serving
+loop (its ``serve`` and ``measure``, which do the draining and checks). That
 directory holds only the bench scripts, so nothing else of this repository
 reaches a peer's environment.
 
@@ -52,7 +53,6 @@ import asyncio
 import functools
 import importlib
 import importlib.metadata
-import json
 import sys
 import time
 from abc import ABC, abstractmethod
@@ -61,7 +61,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from client_worker import RawConnection, Subject, open_ours, time_puts, time_reserve_delete
+from client_worker import (
+    RawConnection,
+    Subject,
+    open_ours,
+    serve,
+    time_puts,
+    time_reserve_delete,
+)
 
 OURS_AIO = "ours-aio"
 AIOSTALK = "aiostalk-1.3.1"
@@ -89,6 +96,16 @@ class AsyncConnection:
     delete: Callable[[Any], Awaitable[object]]
     close: Callable[[], Awaitable[object]]
 
+    @classmethod
+    def of(cls, client: Any) -> AsyncConnection:
+        """A connected client with greenstalk's method names (ours and aiostalk share them)."""
+        return cls(
+            put=client.put,
+            reserve=functools.partial(client.reserve, timeout=0),
+            delete=client.delete,
+            close=client.close,
+        )
+
 
 @dataclass(frozen=True)
 class AsyncLibrary:
@@ -108,13 +125,7 @@ def ours_aio() -> AsyncLibrary:
     import greenstalk.aio
 
     async def connect(host: str, port: int) -> AsyncConnection:
-        client = await greenstalk.aio.connect((host, port))
-        return AsyncConnection(
-            put=client.put,
-            reserve=functools.partial(client.reserve, timeout=0),
-            delete=client.delete,
-            close=client.close,
-        )
+        return AsyncConnection.of(await greenstalk.aio.connect((host, port)))
 
     return AsyncLibrary(
         name=OURS_AIO,
@@ -135,12 +146,7 @@ def aiostalk() -> AsyncLibrary:
     async def connect(host: str, port: int) -> AsyncConnection:
         client = module.Client((host, port), encoding=None)
         await client.connect()
-        return AsyncConnection(
-            put=client.put,
-            reserve=functools.partial(client.reserve, timeout=0),
-            delete=client.delete,
-            close=client.close,
-        )
+        return AsyncConnection.of(client)
 
     return AsyncLibrary(
         name=AIOSTALK,
@@ -309,45 +315,6 @@ def open_bench(client: str, host: str, port: int, tasks: int) -> Bench:
 # -- serving -----------------------------------------------------------------------
 
 
-def measure(bench: Bench, raw: RawConnection, op: str, size: int, count: int) -> float:
-    """Run one measurement from a drained tube and return its duration in seconds."""
-    if count < 1:
-        raise ValueError("n must be at least 1")
-    body = b"x" * size
-    raw.drain()
-    if op == "reserve-delete":
-        raw.put_jobs(body, count)
-    seconds, last_body = bench.timed(op, body, count)
-    if op == "reserve-delete" and last_body != body:
-        raise RuntimeError("reserve returned a job with the wrong body")
-    left = 0 if op == "reserve-delete" else count
-    found = raw.drain()
-    if found != left:
-        raise RuntimeError(f"{op} should have left {left} jobs in the tube, found {found}")
-    return seconds
-
-
-def serve(bench: Bench, raw: RawConnection) -> None:
-    """Answer measurement requests from stdin until it closes."""
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        try:
-            request = json.loads(line)
-            op, size, count = str(request["op"]), int(request["size"]), int(request["n"])
-            seconds = measure(bench, raw, op, size, count)
-            answer: dict[str, object] = {
-                "op": op,
-                "size": size,
-                "n": count,
-                "seconds": seconds,
-                "ops_per_s": count / seconds,
-            }
-        except Exception as error:
-            answer = {"error": f"{type(error).__name__}: {error}"}
-        print(json.dumps(answer), flush=True)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Connect the chosen client and the setup connection, then serve requests."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -367,18 +334,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         raw = RawConnection(args.host, args.port)
         try:
-            print(
-                json.dumps(
-                    {
-                        "client": bench.name,
-                        **bench.info,
-                        "python": sys.version.split()[0],
-                        "tasks": args.tasks,
-                    }
-                ),
-                flush=True,
-            )
-            serve(bench, raw)
+            info: dict[str, object] = {
+                "client": bench.name,
+                **bench.info,
+                "python": sys.version.split()[0],
+                "tasks": args.tasks,
+            }
+            serve(info, bench.timed, raw)
         finally:
             raw.close()
     finally:

@@ -93,16 +93,8 @@ def open_ours(host: str, port: int) -> Subject:
     if not hasattr(greenstalk.Client, "put_many"):
         raise RuntimeError(f"{greenstalk.__file__} is not this repository's greenstalk")
     client = greenstalk.Client((host, port))
-    return Subject(
-        name="ours",
-        version=greenstalk.__version__,
-        module_file=str(greenstalk.__file__),
-        put=client.put,
-        reserve=functools.partial(client.reserve, timeout=0),
-        delete=client.delete,
-        body_of=_job_body,
-        close=client.close,
-        put_many=client.put_many,
+    return _greenstalk_subject(
+        "ours", greenstalk.__version__, str(greenstalk.__file__), client, client.put_many
     )
 
 
@@ -113,15 +105,27 @@ def open_greenstalk_2_1_1(host: str, port: int) -> Subject:
         raise RuntimeError(f"expected greenstalk 2.1.1 in this environment, found {version}")
     module: Any = importlib.import_module("greenstalk")
     client = module.Client((host, port), encoding=None)
+    return _greenstalk_subject("greenstalk-2.1.1", version, str(module.__file__), client)
+
+
+def _greenstalk_subject(
+    name: str,
+    version: str,
+    module_file: str,
+    client: Any,
+    put_many: Callable[[list[bytes]], Sequence[int]] | None = None,
+) -> Subject:
+    """A greenstalk ``Client`` (ours or 2.1.1) as a Subject: both share these calls."""
     return Subject(
-        name="greenstalk-2.1.1",
+        name=name,
         version=version,
-        module_file=str(module.__file__),
+        module_file=module_file,
         put=client.put,
         reserve=functools.partial(client.reserve, timeout=0),
         delete=client.delete,
         body_of=_job_body,
         close=client.close,
+        put_many=put_many,
     )
 
 
@@ -276,48 +280,64 @@ def time_put_many(
     return seconds
 
 
-def measure(subject: Subject, raw: RawConnection, op: str, size: int, count: int) -> float:
-    """Run one measurement from a drained tube and return its duration in seconds."""
+#: Times ``op`` for ``count`` jobs with ``body``: its seconds and the last reserved body, if any.
+Timed = Callable[[str, bytes, int], "tuple[float, bytes | None]"]
+
+
+def timed_subject(subject: Subject, raw: RawConnection) -> Timed:
+    """How this worker times ``subject`` (and, for ``raw-put``, ``raw``): see the docstring."""
+
+    def timed(op: str, body: bytes, count: int) -> tuple[float, bytes | None]:
+        if op == "put":
+            return time_puts(subject.put, body, count), None
+        if op == "put-many":
+            if subject.put_many is None:
+                raise ValueError(f"{subject.name} has no put_many")
+            return time_put_many(subject.put_many, body, count), None
+        if op == "raw-put":
+            start = time.perf_counter()
+            raw.put_jobs(body, count)
+            return time.perf_counter() - start, None
+        if op == "reserve-delete":
+            seconds, job = time_reserve_delete(subject.reserve, subject.delete, count)
+            return seconds, subject.body_of(job)
+        raise ValueError(f"unknown operation {op!r}; expected one of {OPERATIONS}")
+
+    return timed
+
+
+def measure(timed: Timed, raw: RawConnection, op: str, size: int, count: int) -> float:
+    """Run one measurement from a drained tube and return its duration in seconds.
+
+    ``raw`` drains the tube before and after, and for ``reserve-delete`` inserts
+    the jobs to consume, outside ``timed``; afterwards it checks what is left.
+    """
     if count < 1:
         raise ValueError("n must be at least 1")
     body = b"x" * size
     raw.drain()
-    if op == "put":
-        seconds = time_puts(subject.put, body, count)
-        left = count
-    elif op == "put-many":
-        if subject.put_many is None:
-            raise ValueError(f"{subject.name} has no put_many")
-        seconds = time_put_many(subject.put_many, body, count)
-        left = count
-    elif op == "raw-put":
-        start = time.perf_counter()
+    if op == "reserve-delete":
         raw.put_jobs(body, count)
-        seconds = time.perf_counter() - start
-        left = count
-    elif op == "reserve-delete":
-        raw.put_jobs(body, count)
-        seconds, job = time_reserve_delete(subject.reserve, subject.delete, count)
-        if subject.body_of(job) != body:
-            raise RuntimeError("reserve returned a job with the wrong body")
-        left = 0
-    else:
-        raise ValueError(f"unknown operation {op!r}; expected one of {OPERATIONS}")
+    seconds, last_body = timed(op, body, count)
+    if op == "reserve-delete" and last_body != body:
+        raise RuntimeError("reserve returned a job with the wrong body")
+    left = 0 if op == "reserve-delete" else count
     found = raw.drain()
     if found != left:
         raise RuntimeError(f"{op} should have left {left} jobs in the tube, found {found}")
     return seconds
 
 
-def serve(subject: Subject, raw: RawConnection) -> None:
-    """Answer measurement requests from stdin until it closes."""
+def serve(info: dict[str, object], timed: Timed, raw: RawConnection) -> None:
+    """Print ``info`` as the first line, then answer measurement requests until stdin closes."""
+    print(json.dumps(info), flush=True)
     for line in sys.stdin:
         if not line.strip():
             continue
         try:
             request = json.loads(line)
             op, size, count = str(request["op"]), int(request["size"]), int(request["n"])
-            seconds = measure(subject, raw, op, size, count)
+            seconds = measure(timed, raw, op, size, count)
             answer: dict[str, object] = {
                 "op": op,
                 "size": size,
@@ -340,19 +360,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     subject = OPENERS[args.client](args.host, args.port)
     raw = RawConnection(args.host, args.port)
     try:
-        print(
-            json.dumps(
-                {
-                    "client": subject.name,
-                    "version": subject.version,
-                    "module": subject.module_file,
-                    "python": sys.version.split()[0],
-                    "put_many": subject.put_many is not None,
-                }
-            ),
-            flush=True,
-        )
-        serve(subject, raw)
+        info: dict[str, object] = {
+            "client": subject.name,
+            "version": subject.version,
+            "module": subject.module_file,
+            "python": sys.version.split()[0],
+            "put_many": subject.put_many is not None,
+        }
+        serve(info, timed_subject(subject, raw), raw)
     finally:
         raw.close()
         subject.close()

@@ -23,17 +23,16 @@ import shutil
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol, TypeVar
 
 from greenstalk.testing import find_beanstalkd, run_beanstalkd
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
-WORKER = BENCH_DIR / "client_worker.py"
 DEFAULT_VENVS = REPO_DIR / ".bench-venvs"
 
 SMALL = 100
@@ -170,15 +169,36 @@ def ensure_venv(peer: Peer, root: Path) -> Path:
 # -- workers -------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class WorkerScript:
+    """How to start a worker: its script, the Python flags it needs and any more arguments."""
+
+    path: Path
+    python_flags: tuple[str, ...]
+    extra_args: tuple[str, ...] = ()
+
+
+# Run with -I: nothing of this repository reaches a peer's environment.
+CLIENT_WORKER = WorkerScript(BENCH_DIR / "client_worker.py", ("-I",))
+
+
 class Worker:
     """A client worker process: send it a case, get back its ops/s."""
 
-    def __init__(self, name: str, python: Path, cpu: int, address: tuple[str, int]) -> None:
+    def __init__(
+        self,
+        name: str,
+        python: Path,
+        cpu: int,
+        address: tuple[str, int],
+        script: WorkerScript = CLIENT_WORKER,
+    ) -> None:
         self.name = name
         host, port = address
         self._process = subprocess.Popen(
-            ["taskset", "--cpu-list", str(cpu), str(python), "-I", str(WORKER),
-             "--client", name, "--host", host, "--port", str(port)],
+            ["taskset", "--cpu-list", str(cpu), str(python), *script.python_flags,
+             str(script.path), "--client", name, "--host", host, "--port", str(port),
+             *script.extra_args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -217,17 +237,16 @@ class Worker:
 
 @contextmanager
 def running_workers(
-    pythons: dict[str, Path], cpu: int, address: tuple[str, int]
+    pythons: dict[str, Path], cpu: int, address: tuple[str, int], script: WorkerScript
 ) -> Iterator[dict[str, Worker]]:
-    """Start one worker per client and stop them all on exit."""
-    workers: dict[str, Worker] = {}
-    try:
+    """Start one worker per client, in ``pythons``' order, and stop them all on exit."""
+    with ExitStack() as stack:
+        workers: dict[str, Worker] = {}
         for name, python in pythons.items():
-            workers[name] = Worker(name, python, cpu, address)
+            worker = Worker(name, python, cpu, address, script)
+            stack.callback(worker.close)
+            workers[name] = worker
         yield workers
-    finally:
-        for worker in workers.values():
-            worker.close()
 
 
 def pin(pid: int, cpu: int) -> None:
@@ -256,50 +275,86 @@ class Results:
         """The median ops/s over the rounds."""
         return statistics.median(self.rates[client, op, size])
 
-    def round_ratios(self, case: Case, peer: str) -> list[float]:
-        """Our ops/s over the peer's, round by round (measured moments apart)."""
-        ours = self.rates[OURS, case.op, case.size]
-        theirs = self.rates[peer, case.peer_op, case.size]
-        return [mine / other for mine, other in zip(ours, theirs)]
+    def round_ratios(
+        self, mine: tuple[str, str, int], theirs: tuple[str, str, int]
+    ) -> list[float]:
+        """One (client, op, size)'s ops/s over another's, round by round (moments apart)."""
+        return [a / b for a, b in zip(self.rates[mine], self.rates[theirs])]
+
+
+class Measured(Protocol):
+    """What run_mode needs of a case: the worker's operation, body size and count."""
+
+    @property
+    def op(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def count(self) -> int: ...
+
+
+CaseT = TypeVar("CaseT", bound=Measured)
 
 
 def run_mode(
     mode: CpuMode,
     pythons: dict[str, Path],
-    plan: list[Case],
+    plan: Sequence[CaseT],
     rounds: int,
     verbose: bool,
+    *,
+    runs: Callable[[CaseT, str], bool],
+    describe: Callable[[CaseT], str],
+    script: WorkerScript = CLIENT_WORKER,
 ) -> tuple[Results, dict[str, dict[str, object]]]:
-    """Measure every case for every client in interleaved rounds, under one CPU pinning."""
+    """Measure every case for every client in interleaved rounds, under one CPU pinning.
+
+    ``runs(case, client)`` tells whether a client is measured for a case, and
+    ``describe(case)`` is its name in the ``--verbose`` lines.
+    """
     results = Results()
     with run_beanstalkd() as server, ExitStack() as stack:
         pin(server.process.pid, mode.server_cpu)
         address = server.address
         if not isinstance(address, tuple):  # never: run_beanstalkd() listens on TCP here
             raise RuntimeError(f"expected a TCP address, got {address!r}")
-        workers = stack.enter_context(running_workers(pythons, mode.client_cpu, address))
-        # An untimed warm-up round with fewer operations: imports, connections
-        # and the server's first allocations are not what we measure.
+        workers = stack.enter_context(
+            running_workers(pythons, mode.client_cpu, address, script)
+        )
+        # An untimed warm-up round with fewer operations: imports, connections,
+        # threads and the server's first allocations are not what we measure.
         for case in plan:
-            for worker in workers.values():
-                if worker.name == OURS or not case.ours_only:
+            for name, worker in workers.items():
+                if runs(case, name):
                     worker.measure(case.op, case.size, min(case.count, 500))
         for round_number in range(1, rounds + 1):
             for case in plan:
-                for worker in workers.values():
-                    if worker.name != OURS and case.ours_only:
+                for name, worker in workers.items():
+                    if not runs(case, name):
                         continue
                     rate = worker.measure(case.op, case.size, case.count)
-                    results.add(worker.name, case.op, case.size, rate)
+                    results.add(name, case.op, case.size, rate)
                     if verbose:
                         print(
-                            f"  {mode.name} round {round_number}: {worker.name:<16} "
-                            f"{case.op:<14} {format_size(case.size):>6} {rate:>10,.0f} ops/s",
+                            f"  {mode.name} round {round_number}: {name:<16} "
+                            f"{describe(case)} {rate:>10,.0f} ops/s",
                             file=sys.stderr,
                             flush=True,
                         )
         infos = {name: worker.info for name, worker in workers.items()}
     return results, infos
+
+
+def runs_case(case: Case, client: str) -> bool:
+    """Whether ``client`` is measured for ``case``: the peers skip ours-only cases."""
+    return client == OURS or not case.ours_only
+
+
+def describe_case(case: Case) -> str:
+    """A case in the ``--verbose`` lines."""
+    return f"{case.op:<14} {format_size(case.size):>6}"
 
 
 # -- output --------------------------------------------------------------------
@@ -332,6 +387,7 @@ def table(mode: CpuMode, results: Results, plan: list[Case], labels: dict[str, s
             continue
         ours = results.median(OURS, case.op, case.size)
         rates = [results.median(peer.name, case.peer_op, case.size) for peer in peers]
+        first_peer = [(peers[0].name, case.peer_op, case.size)] if peers else []
         rows.append(
             [
                 case.label,
@@ -339,15 +395,21 @@ def table(mode: CpuMode, results: Results, plan: list[Case], labels: dict[str, s
                 f"{ours:,.0f}",
                 *(f"{rate:,.0f}" for rate in rates),
                 *(f"{ours / rate:.2f}x" for rate in rates),
-                *([spread(results.round_ratios(case, peers[0].name))] if peers else []),
+                *(spread(results.round_ratios((OURS, case.op, case.size), p)) for p in first_peer),
             ]
         )
+    return text_table(headings, rows, left=2)
+
+
+def text_table(headings: list[str], rows: list[list[str]], left: int) -> str:
+    """Headings, a rule and rows, in columns: the first ``left`` aligned left, the rest right."""
     widths = [max(len(row[i]) for row in [headings, *rows]) for i in range(len(headings))]
 
     def line(cells: Sequence[str]) -> str:
-        first = f"{cells[0]:<{widths[0]}}  {cells[1]:<{widths[1]}}"
-        rest = "  ".join(f"{cell:>{width}}" for cell, width in zip(cells[2:], widths[2:]))
-        return f"{first}  {rest}"
+        return "  ".join(
+            f"{cell:<{width}}" if i < left else f"{cell:>{width}}"
+            for i, (cell, width) in enumerate(zip(cells, widths))
+        )
 
     return "\n".join([line(headings), line(["-" * w for w in widths]), *map(line, rows)])
 
@@ -393,8 +455,9 @@ def raw_reference(results: Results, plan: list[Case]) -> str:
 # -- main ----------------------------------------------------------------------
 
 
-def check_cpus(modes: Sequence[CpuMode]) -> None:
-    """Fail early when taskset or a CPU the modes need is missing."""
+def chosen_modes(cpus: str) -> list[CpuMode]:
+    """The CPU modes ``--cpus`` names; fail early when taskset or a CPU they need is missing."""
+    modes = list(CPU_MODES.values()) if cpus == "both" else [CPU_MODES[cpus]]
     if shutil.which("taskset") is None:
         raise SystemExit("taskset is not installed (Debian: apt-get install util-linux)")
     available = os.sched_getaffinity(0)
@@ -402,13 +465,27 @@ def check_cpus(modes: Sequence[CpuMode]) -> None:
         missing = {mode.server_cpu, mode.client_cpu} - available
         if missing:
             raise SystemExit(f"--cpus {mode.name} needs CPUs {sorted(missing)}, not available")
+    return modes
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line."""
-    parser = argparse.ArgumentParser(
-        description="Compare greenstalk (this repository) with greenstalk 2.1.1 and pystalk."
-    )
+def server_version() -> str:
+    """What ``beanstalkd -v`` says: 'beanstalkd 1.12'."""
+    return subprocess.run(
+        [find_beanstalkd(), "-v"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def mode_heading(mode: CpuMode, server: str) -> str:
+    """The first line of a mode's table: the pinning and the server's version."""
+    return f"\n== --cpus {mode.name}: {mode.description}; {server} over TCP 127.0.0.1"
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, counted: str, venvs: str) -> None:
+    """--cpus, --quick, --rounds, --scale, --venvs and --verbose.
+
+    ``counted`` is what --scale multiplies ("operation" or "job"); ``venvs``
+    says whose virtual environments --venvs holds.
+    """
     parser.add_argument(
         "--cpus",
         choices=["same", "split", "both"],
@@ -416,54 +493,77 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="same: server and client on CPU 0; split: server on CPU 0, client on CPU 1 "
         "(the realistic case); both (default): run both and print both tables",
     )
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 1/20 of the operations")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"a smoke run: 1/20 of the {counted}s"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument(
-        "--scale", type=float, default=None, help="multiply every operation count by this"
-    )
-    parser.add_argument(
-        "--peers",
-        default=",".join(peer.name for peer in PEERS),
-        help="comma-separated peers to compare with (default: all)",
+        "--scale", type=float, default=None, help=f"multiply every {counted} count by this"
     )
     parser.add_argument(
         "--venvs",
         type=Path,
         default=DEFAULT_VENVS,
-        help=f"where the peers' virtual environments live (default {DEFAULT_VENVS})",
+        help=f"where {venvs} live (default {DEFAULT_VENVS})",
     )
     parser.add_argument("--verbose", action="store_true", help="print every round to stderr")
+
+
+def parse_common_arguments(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> argparse.Namespace:
+    """Parse the command line, check --rounds and fill in --scale's default."""
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.scale is None:
+        args.scale = 0.05 if args.quick else 1.0
+    return args
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        description="Compare greenstalk (this repository) with greenstalk 2.1.1 and pystalk."
+    )
+    add_common_arguments(parser, "operation", "the peers' virtual environments")
+    parser.add_argument(
+        "--peers",
+        default=",".join(peer.name for peer in PEERS),
+        help="comma-separated peers to compare with (default: all)",
+    )
+    args = parse_common_arguments(parser, argv)
     known = {peer.name for peer in PEERS}
     args.peer_names = [name for name in args.peers.split(",") if name]
     if unknown := set(args.peer_names) - known:
         parser.error(f"unknown peers {sorted(unknown)}; choose from {sorted(known)}")
-    if args.scale is None:
-        args.scale = 0.05 if args.quick else 1.0
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Set up the peers, run the chosen CPU modes and print one table per mode."""
     args = parse_args(argv)
-    modes = list(CPU_MODES.values()) if args.cpus == "both" else [CPU_MODES[args.cpus]]
-    check_cpus(modes)
+    modes = chosen_modes(args.cpus)
     peers = [peer for peer in PEERS if peer.name in args.peer_names]
     pythons = {OURS: Path(sys.executable)}
     pythons.update({peer.name: ensure_venv(peer, args.venvs) for peer in peers})
     plan = cases(args.scale)
-    server_version = subprocess.run(
-        [find_beanstalkd(), "-v"], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    server = server_version()
     labels: dict[str, str] = {}
     for mode in modes:
-        results, infos = run_mode(mode, pythons, plan, args.rounds, args.verbose)
+        results, infos = run_mode(
+            mode,
+            pythons,
+            plan,
+            args.rounds,
+            args.verbose,
+            runs=runs_case,
+            describe=describe_case,
+        )
         labels = {
             peer.name: f"{peer.distribution} {infos[peer.name]['version']}" for peer in peers
         }
-        print(f"\n== --cpus {mode.name}: {mode.description}; {server_version} over TCP 127.0.0.1")
+        print(mode_heading(mode, server))
         print(
             f"   ops/s, medians of {args.rounds} interleaved rounds; ours = greenstalk "
             f"{infos[OURS]['version']} (Python {infos[OURS]['python']}); (rounds) is the "
