@@ -96,6 +96,7 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 _RECEIVE_SIZE = 65536
 _SOCKET_TIMEOUT: Any = object()
+_R = ord("r")
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -113,6 +114,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.pending: deque[_Pending] = deque()
         self.outgoing: list[bytes] = []
         self.flush_scheduled = False
+        self.gathering = False
         #: Set once the connection has failed or closed; every call then raises it.
         self.error: ClientConnectionError | None = None
         self.writable: asyncio.Future[None] | None = None
@@ -145,6 +147,7 @@ class _Connection(asyncio.BufferedProtocol):
             self.fail(error)
             return
         pending = self.pending
+        resolved = 0
         for reply in replies:
             if not pending:
                 self.fail(ProtocolError("the server sent a reply to no command"))
@@ -161,12 +164,23 @@ class _Connection(asyncio.BufferedProtocol):
                 # Parsed here, not in the waiting task, so that a reply that
                 # answers no such command stops every reply after it.
                 try:
-                    results = results_of(entry.replies, entry.parsers)
+                    if len(entry.parsers) == 1:  # the common case, without the list walk
+                        try:
+                            results = [entry.parsers[0](reply)]
+                        except BeanstalkdError as refusal:
+                            results = [refusal]
+                    else:
+                        results = results_of(entry.replies, entry.parsers)
                 except ProtocolError as error:
                     entry.future.set_exception(error)
                     self.fail(error)
                     return
                 entry.future.set_result(results)
+                resolved += 1
+        if resolved > 1:
+            # Several callers wake up in the next loop turn and will likely
+            # send again: gather what they send into one write.
+            self.gathering = True
         if self.reader.error is not None:  # bad bytes after the good replies
             self.fail(self.reader.error)
         elif not pending and not self.reader.drained:
@@ -230,10 +244,12 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _transmit(self, data: bytes, entry: _Pending, flush: bool = False) -> None:
         """Write commands now, or with the others of this loop turn."""
-        if self.pending and not flush:
+        if (self.pending or self.gathering) and not flush:
             # Replies to earlier commands are still to come, so this one
-            # would wait for them anyway: join the other commands of this
-            # loop turn in one write.
+            # would wait for them anyway (or other callers are about to
+            # send too): join the other commands of this loop turn in one
+            # write. Each write wakes the server, which matters most when
+            # it shares the client's CPU.
             self.outgoing.append(data)
             if not self.flush_scheduled:
                 self.flush_scheduled = True
@@ -247,7 +263,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.pending.append(entry)
         if entry.wait is not None and len(self.pending) == 1:
             self._start_timer()
-        if waits_for_a_job(data):
+        if data[0] == _R and waits_for_a_job(data):  # most commands fail the first test
             entry.future.add_done_callback(partial(self._hold, entry))
 
     def _start_timer(self) -> None:
@@ -319,6 +335,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _flush(self) -> None:
         self.flush_scheduled = False
+        self.gathering = False
         if self.outgoing and self.transport is not None:
             data = b"".join(self.outgoing)
             self.outgoing.clear()
@@ -549,7 +566,9 @@ class Client(ClientBase[TBody]):
         The server gets ``wait`` seconds (by default ``socket_timeout``) to answer.
         """
         data, parse = request
-        connection = self._live()
+        connection = self._connection
+        if connection is None or connection.error is not None:
+            connection = self._live()  # raises the reason
         entry = connection.send(data, [parse], self._timeout if wait is _SOCKET_TIMEOUT else wait)
         try:
             if connection.writable is not None:
