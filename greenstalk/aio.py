@@ -96,7 +96,6 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 _RECEIVE_SIZE = 65536
 _SOCKET_TIMEOUT: Any = object()
-_R = ord("r")
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -263,7 +262,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.pending.append(entry)
         if entry.wait is not None and len(self.pending) == 1:
             self._start_timer()
-        if data[0] == _R and waits_for_a_job(data):  # most commands fail the first test
+        if waits_for_a_job(data):
             entry.future.add_done_callback(partial(self._hold, entry))
 
     def _start_timer(self) -> None:
