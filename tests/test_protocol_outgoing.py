@@ -68,8 +68,10 @@ def test_stats_and_lists_as_beanstalkd_writes_them(beanstalkd: BeanstalkdProcess
         sock.settimeout(5)
         sock.connect(address)
         sock.sendall(b"put 5 0 10 1\r\nx\r\nwatch other\r\n")
-        while sock.recv(65536).count(b"\r\n") < 1:
-            pass
+        replies = b""
+        while replies.count(b"\r\n") < 2:
+            replies += sock.recv(65536)
+        assert replies == b"INSERTED 1\r\nWATCHING 2\r\n"
         for command, shape, text_fields in [
             (b"stats\r\n", Stats, SERVER_TEXT_FIELDS),
             (b"stats-tube default\r\n", StatsTube, TUBE_TEXT_FIELDS),
