@@ -16,6 +16,8 @@ import pytest
 import greenstalk
 import greenstalk.aio
 
+from .test_aio_faults import waiting_reserves
+
 T = TypeVar("T")
 
 
@@ -94,7 +96,8 @@ def test_blocking_reserve_holds_the_commands_behind_it(address: greenstalk.Addre
         ) as producer:
             reserving = asyncio.ensure_future(consumer.reserve(timeout=5))
             using = asyncio.ensure_future(consumer.using())
-            await asyncio.sleep(0.2)  # give a wrongly answered using() the chance to finish
+            await waiting_reserves(producer, 1)
+            # The reserve waits on the server, with using() sent behind it.
             assert not using.done()
             job_id = await producer.put(b"x")
             assert (await reserving).id == job_id
@@ -109,7 +112,7 @@ def test_cancelled_reserve_releases_its_job(address: greenstalk.Address) -> None
             address
         ) as other:
             reserving = asyncio.ensure_future(consumer.reserve())
-            await asyncio.sleep(0.1)  # the reserve is waiting on the server
+            await waiting_reserves(other, 1)
             reserving.cancel()
             job_id = await other.put(b"x", priority=123)
             # The reply to the cancelled reserve comes now: the job is
