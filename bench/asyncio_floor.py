@@ -56,6 +56,7 @@ def main() -> None:
         return
     with run_beanstalkd() as server:
         assert isinstance(server.address, tuple)
+        assert server.process is not None  # beanstalkd always runs as a process
         subprocess.run(
             ["taskset", "-pc", "0", str(server.process.pid)], check=True, capture_output=True
         )

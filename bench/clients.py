@@ -316,6 +316,7 @@ def run_mode(
     """
     results = Results()
     with run_beanstalkd() as server, ExitStack() as stack:
+        assert server.process is not None  # beanstalkd always runs as a process
         pin(server.process.pid, mode.server_cpu)
         address = server.address
         if not isinstance(address, tuple):  # never: run_beanstalkd() listens on TCP here

@@ -4,9 +4,10 @@
     python examples/demo.py
 
 It talks to the beanstalkd at $BEANSTALKD_ADDRESS (host:port or a Unix
-socket path), 127.0.0.1:11300 by default. When nothing answers there and
-beanstalkd is installed, the demo starts one at that address and stops it at
-the end. It works in a tube of its own and leaves it empty, so it is safe to
+socket path), 127.0.0.1:11300 by default. When nothing answers there, the
+demo starts greenstalkd, greenstalk's own beanstalkd-compatible server, at
+that address inside its own process, and stops it at the end: nothing else
+needs to be installed. It works in a tube of its own and leaves it empty, so it is safe to
 run against a server that is in use.
 """
 
@@ -21,7 +22,7 @@ from consumer import consume
 from producer import queue_registration
 
 import greenstalk
-from greenstalk.testing import find_beanstalkd, run_beanstalkd
+from greenstalk.testing import run_greenstalkd
 
 # Users who just registered, and the priority of their email jobs.
 REGISTRATIONS = [
@@ -98,23 +99,17 @@ def main() -> int:
         with contextlib.ExitStack() as stack:
             if not beanstalkd_answers(address):
                 try:
-                    binary = find_beanstalkd()
-                except FileNotFoundError:
-                    print(
-                        f"demo: nothing answers at {where} and beanstalkd is not installed.\n"
-                        "Install it (sudo apt-get install beanstalkd), or set"
-                        " BEANSTALKD_ADDRESS to the address of a running server.",
-                        file=sys.stderr,
-                    )
-                    return 1
-                try:
-                    server = stack.enter_context(run_beanstalkd(address=address))
+                    server = stack.enter_context(run_greenstalkd(address=address))
                 except OSError as error:
-                    print(f"demo: cannot start beanstalkd at {where}: {error}", file=sys.stderr)
+                    print(f"demo: cannot start greenstalkd at {where}: {error}", file=sys.stderr)
                     return 1
                 address = server.address
                 started = True
-                say("server", f"nothing answered at {where}, so the demo started {binary} there")
+                say(
+                    "server",
+                    f"nothing answered at {where}, so the demo started greenstalkd"
+                    " (greenstalk's own server) there, in this process",
+                )
             sent, buried = run_demo(address)
     except greenstalk.ProtocolError as error:
         print(f"demo: the server at {where} does not speak beanstalkd: {error}", file=sys.stderr)
@@ -126,7 +121,7 @@ def main() -> int:
         print(f"demo: the server refused: {error!r}", file=sys.stderr)
         return 1
     if started:
-        say("server", "stopped the beanstalkd the demo started")
+        say("server", "stopped the greenstalkd the demo started")
     print()
     print(f"Done: {sent} email(s) sent; {buried} broken job buried, inspected and deleted.")
     return 0

@@ -1,22 +1,27 @@
-"""Run a throwaway beanstalkd for tests, on a free port or a temporary Unix socket.
+"""Run a throwaway server for tests, on a free port or a temporary Unix socket.
 
+:func:`run_server` starts greenstalkd (this package's own server, in a
+thread of the calling process or as a subprocess) or the real beanstalkd.
 The listening socket is created here, before the server starts, and handed
-to ``beanstalkd`` through systemd-style socket activation (``LISTEN_FDS``).
-So the address accepts connections the moment this returns: no fixed port,
-no race for a free one, and no sleeping until the server is up.
+to it (to a subprocess through systemd-style socket activation,
+``LISTEN_FDS``), so the address accepts connections the moment the context
+manager yields: no fixed port, no race for a free one, no sleeping until
+the server is up.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from typing import Union
+from typing import Any, Callable, Union
 
 from .client import Client
 
@@ -30,20 +35,41 @@ _ACTIVATE = (
 )
 
 
-class BeanstalkdProcess:
-    """A running beanstalkd: its address and process, and ways to stop or signal it."""
+SERVERS = ("greenstalkd", "beanstalkd")
+"""The servers :func:`run_server` can start."""
 
-    def __init__(self, address: ServerAddress, process: subprocess.Popen[bytes]) -> None:
+
+class ServerProcess:
+    """A running server: its address, and ways to stop it or put it in drain mode.
+
+    ``process`` is the server's :class:`subprocess.Popen`, or None for a
+    greenstalkd running in a thread of this process.
+    """
+
+    def __init__(
+        self,
+        address: ServerAddress,
+        process: subprocess.Popen[bytes] | None,
+        kind: str = "beanstalkd",
+        thread: _ServerThread | None = None,
+    ) -> None:
         #: Where the server listens: ``(host, port)`` or a Unix socket path.
         self.address = address
-        #: The server process.
+        #: The server process, or None when greenstalkd runs in this process.
         self.process = process
+        #: ``"beanstalkd"`` or ``"greenstalkd"``.
+        self.kind = kind
+        self._thread = thread
 
     def drain(self) -> None:
         """Put the server in drain mode (SIGUSR1): it refuses new jobs from now on.
 
         Returns once the server reports ``draining: true``.
         """
+        if self._thread is not None:
+            self._thread.call(lambda server: server.state.enter_drain_mode())
+            return
+        assert self.process is not None
         # One round trip first: until the server has answered a command it
         # may not have installed its SIGUSR1 handler, and the signal would
         # kill it.
@@ -54,12 +80,50 @@ class BeanstalkdProcess:
                 pass
 
     def stop(self) -> None:
-        """Stop the server and wait for it to exit."""
+        """Stop the server (SIGTERM for a process) and wait until it has exited."""
+        if self._thread is not None:
+            self._thread.stop()
+            return
+        assert self.process is not None
         if self.process.poll() is None:
             self.process.terminate()
         self.process.wait()
         if self.process.stderr is not None:
             self.process.stderr.close()
+
+
+BeanstalkdProcess = ServerProcess
+"""The name :class:`ServerProcess` had when only beanstalkd could be run."""
+
+
+class _ServerThread:
+    """greenstalkd serving from a daemon thread of this process."""
+
+    def __init__(self, sock: socket.socket, args: Sequence[str]) -> None:
+        from .server.cli import Options, UsageError, make_state, parse_args
+        from .server.net import Server, run_in_thread
+
+        options = parse_args(args)
+        if not isinstance(options, Options):
+            raise UsageError(f"not a server option: {list(args)}")
+        state, info, self._binlog = make_state(options)
+        self.server = Server(state, info, self._binlog)
+        self.server.listen(sock)
+        self._thread = run_in_thread(self.server)
+
+    def call(self, function: Callable[[Any], object]) -> None:
+        """Run ``function(server)`` on the server's thread and wait for it."""
+        done: concurrent.futures.Future[object] = concurrent.futures.Future()
+        self.server.call_soon_threadsafe(lambda: done.set_result(function(self.server)))
+        done.result()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self.server.stop()
+            self._thread.join()
+            self.server.close()
+            if self._binlog is not None:
+                self._binlog.close()
 
 
 def find_beanstalkd() -> str:
@@ -70,47 +134,89 @@ def find_beanstalkd() -> str:
     return path
 
 
+def _listen(
+    address: ServerAddress | None, unix: bool, stack: contextlib.ExitStack
+) -> socket.socket:
+    if isinstance(address, str) or (address is None and unix):
+        if address is None:
+            directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="greenstalk-"))
+            address = os.path.join(directory, "socket")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(address)
+        stack.callback(os.unlink, address)
+    else:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # beanstalkd sets these on the listeners it makes; accepted
+        # connections inherit them. Without TCP_NODELAY its many small
+        # replies to pipelined commands stall on Nagle's algorithm.
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address or ("127.0.0.1", 0))
+    listener.listen(1024)
+    return listener
+
+
 @contextlib.contextmanager
+def run_server(
+    server: str = "greenstalkd",
+    unix: bool = False,
+    args: Sequence[str] = (),
+    address: ServerAddress | None = None,
+    in_process: bool = True,
+) -> Iterator[ServerProcess]:
+    """Run a server, listening on ``address``, until the ``with`` block exits.
+
+    ``server`` is ``"greenstalkd"`` or ``"beanstalkd"``. Without an
+    ``address``: a free loopback port, or a socket in a new temporary
+    directory when ``unix`` is true. ``args`` are extra flags in
+    beanstalkd's syntax, such as ``["-z", "100"]``. greenstalkd runs in a
+    thread of this process unless ``in_process`` is false; beanstalkd is
+    always a subprocess.
+
+    Raises FileNotFoundError when beanstalkd is asked for and not installed,
+    OSError when the address cannot be bound, ValueError for an unknown
+    ``server``.
+    """
+    if server not in SERVERS:
+        raise ValueError(f"server must be one of {SERVERS}, not {server!r}")
+    if server == "beanstalkd":
+        command = [find_beanstalkd(), *args]
+    else:
+        command = [sys.executable, "-m", "greenstalk.server", *args]
+    with contextlib.ExitStack() as stack:
+        listener = _listen(address, unix, stack)
+        bound: ServerAddress = listener.getsockname()
+        if server == "greenstalkd" and in_process:
+            running = ServerProcess(bound, None, server, _ServerThread(listener, args))
+        else:
+            with listener:
+                fd = listener.fileno()
+                process = subprocess.Popen(
+                    ["bash", "-c", _ACTIVATE, str(fd), *command],
+                    pass_fds=(fd,),
+                    stdin=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+            running = ServerProcess(bound, process, server)
+        try:
+            yield running
+        finally:
+            running.stop()
+
+
 def run_beanstalkd(
     unix: bool = False, args: Sequence[str] = (), address: ServerAddress | None = None
-) -> Iterator[BeanstalkdProcess]:
-    """Run beanstalkd, listening on ``address``, until the ``with`` block exits.
+) -> contextlib.AbstractContextManager[ServerProcess]:
+    """Run the real beanstalkd: :func:`run_server` with ``server="beanstalkd"``."""
+    return run_server("beanstalkd", unix, args, address)
 
-    Without an ``address``: a free loopback port, or a socket in a new
-    temporary directory when ``unix`` is true. ``args`` are extra beanstalkd
-    flags, such as ``["-z", "100"]``. Raises FileNotFoundError when
-    beanstalkd is not installed, OSError when the address cannot be bound.
-    """
-    binary = find_beanstalkd()
-    with contextlib.ExitStack() as stack:
-        if isinstance(address, str) or (address is None and unix):
-            if address is None:
-                directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="beanstalkd-"))
-                address = os.path.join(directory, "socket")
-            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            listener.bind(address)
-            stack.callback(os.unlink, address)
-        else:
-            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            # beanstalkd sets these on the listeners it makes; accepted
-            # connections inherit them. Without TCP_NODELAY its many small
-            # replies to pipelined commands stall on Nagle's algorithm.
-            listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind(address or ("127.0.0.1", 0))
-            address = listener.getsockname()
-        with listener:
-            listener.listen(1024)
-            fd = listener.fileno()
-            process = subprocess.Popen(
-                ["bash", "-c", _ACTIVATE, str(fd), binary, *args],
-                pass_fds=(fd,),
-                stdin=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-        server = BeanstalkdProcess(address, process)
-        try:
-            yield server
-        finally:
-            server.stop()
+
+def run_greenstalkd(
+    unix: bool = False,
+    args: Sequence[str] = (),
+    address: ServerAddress | None = None,
+    in_process: bool = True,
+) -> contextlib.AbstractContextManager[ServerProcess]:
+    """Run greenstalkd: :func:`run_server` with ``server="greenstalkd"``."""
+    return run_server("greenstalkd", unix, args, address, in_process)

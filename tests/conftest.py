@@ -1,29 +1,55 @@
-"""Fixtures: a real beanstalkd per test, over TCP and over a Unix socket."""
+"""Fixtures: a fresh server per test (beanstalkd, then greenstalkd), over TCP and a Unix socket.
+
+``GREENSTALK_TEST_SERVERS=beanstalkd`` (or ``greenstalkd``) runs the suite
+against one server only.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 import pytest
 
 import greenstalk
-from greenstalk.testing import BeanstalkdProcess, run_beanstalkd
+from greenstalk.testing import SERVERS, ServerProcess, run_server
 
 from .blocking_aio import BlockingAioClient, LoopThread
 
-StartServer = Callable[..., BeanstalkdProcess]
+pytest_plugins = ["pytester"]
+
+StartServer = Callable[..., ServerProcess]
+BeanstalkdProcess = ServerProcess
+
+SERVERS_UNDER_TEST = [
+    name
+    for name in os.environ.get("GREENSTALK_TEST_SERVERS", "beanstalkd,greenstalkd").split(",")
+    if name in SERVERS
+]
 MakeClient = Callable[..., "greenstalk.Client[Any]"]
 
 
+@pytest.fixture(params=SERVERS_UNDER_TEST)
+def server_kind(request: pytest.FixtureRequest) -> str:
+    """Which server this test runs against: ``beanstalkd``, then ``greenstalkd``."""
+    return cast(str, request.param)
+
+
 @pytest.fixture
-def start_server() -> Iterator[StartServer]:
-    """Start extra servers: ``start_server(unix=False, args=("-z", "10"))``."""
+def start_server(server_kind: str) -> Iterator[StartServer]:
+    """Start extra servers: ``start_server(unix=False, args=("-z", "10"))``.
+
+    ``in_process=False`` runs greenstalkd as a subprocess, as beanstalkd is.
+    """
     with contextlib.ExitStack() as stack:
 
-        def start(unix: bool = False, args: Sequence[str] = ()) -> BeanstalkdProcess:
-            return stack.enter_context(run_beanstalkd(unix=unix, args=args))
+        def start(
+            unix: bool = False, args: Sequence[str] = (), in_process: bool = True
+        ) -> ServerProcess:
+            server = run_server(server_kind, unix=unix, args=args, in_process=in_process)
+            return stack.enter_context(server)
 
         yield start
 

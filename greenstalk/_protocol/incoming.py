@@ -54,6 +54,10 @@ class Op(enum.Enum):
     QUIT = "quit"
     PAUSE_TUBE = "pause-tube"
 
+    # Members are singletons, so identity hashing is right, and cheaper than
+    # Enum's hash of the name on the server's per-command path.
+    __hash__ = object.__hash__
+
 
 # beanstalkd tries these prefixes in this order and takes the first match,
 # which is why "reserve-job" must come before "reserve", and why
@@ -86,6 +90,22 @@ _PREFIXES: tuple[tuple[bytes, Op], ...] = (
     (b"pause-tube", Op.PAUSE_TUBE),
 )
 
+
+
+def _scan_prefixes(line: bytes) -> tuple[bytes, Op] | None:
+    return next(((p, o) for p, o in _PREFIXES if line.startswith(p)), None)
+
+
+# Which prefix a line matches depends only on its first word and on whether a
+# space follows it: a prefix without a space matches when it starts the
+# word, one ending in a space when it is the word and a space. So the match
+# for each command word, followed by a space or not, can be looked up.
+_MATCH_BY_WORD = {
+    (word, spaced): _scan_prefixes(word + b" x" if spaced else word)
+    for word in (prefix.rstrip(b" ") for prefix, _ in _PREFIXES)
+    for spaced in (False, True)
+}
+
 Argument = Union[int, bytes, bool]
 
 
@@ -106,15 +126,39 @@ class CommandError(Exception):
     """A command line the server refuses.
 
     ``reply`` is the whole reply line to send. ``op`` is the command the
-    line was taken for, if any: beanstalkd counts some refused commands in
-    its stats.
+    line was taken for, if any. ``counted`` is true when beanstalkd still
+    counts the command in its stats (``pause-tube`` with a bad tube name).
     """
 
-    def __init__(self, reply: bytes, op: Op | None = None) -> None:
+    def __init__(self, reply: bytes, op: Op | None = None, counted: bool = False) -> None:
         super().__init__(reply)
         self.reply = reply
         self.op = op
+        self.counted = counted
 
+
+# The commands whose arguments are only numbers, and each number's maximum.
+_NUMBER_ARGUMENTS = {
+    Op.PUT: (U32_MAX, U32_MAX, U32_MAX, U32_MAX),
+    Op.RELEASE: (U64_MAX, U32_MAX, U32_MAX),
+    Op.BURY: (U64_MAX, U32_MAX),
+}
+# The commands with no argument, which refuse anything after the command word.
+_BARE_COMMANDS = {
+    op: Command(op)
+    for op in (
+        Op.PEEK_READY,
+        Op.PEEK_DELAYED,
+        Op.PEEK_BURIED,
+        Op.RESERVE,
+        Op.STATS,
+        Op.LIST_TUBES_WATCHED,
+        Op.LIST_TUBE_USED,
+        Op.LIST_TUBES,
+    )
+}
+_ID_ONLY = frozenset((Op.PEEK, Op.RESERVE_JOB, Op.DELETE, Op.KICK_JOB, Op.TOUCH, Op.STATS_JOB))
+_NUMBER_ARGUMENTS.update(dict.fromkeys(_ID_ONLY, (U64_MAX,)))
 
 BAD_FORMAT = b"BAD_FORMAT\r\n"
 UNKNOWN_COMMAND = b"UNKNOWN_COMMAND\r\n"
@@ -196,31 +240,50 @@ def parse_command(line: bytes) -> Command:
     """
     if 0 in line:
         raise _bad(None)
-    matched = next(((p, o) for p, o in _PREFIXES if line.startswith(p)), None)
+    space = line.find(b" ")
+    key = (line, False) if space < 0 else (line[:space], True)
+    matched = _MATCH_BY_WORD[key] if key in _MATCH_BY_WORD else _scan_prefixes(line)
     if matched is None:
         raise CommandError(UNKNOWN_COMMAND)
     prefix, op = matched
     start = len(prefix)
     rest = line[start:]
+    bare = _BARE_COMMANDS.get(op)
+    if bare is not None:
+        if rest:
+            raise _bad(op)
+        return bare
+    # Fast paths for the busiest commands written the usual way (one space,
+    # plain digits); anything else goes through beanstalkd's scanner below.
+    if op in _ID_ONLY:
+        if rest.isdigit():
+            job_id = int(rest)
+            if job_id <= U64_MAX:
+                return Command(op, (job_id,))
+    elif op is Op.PUT:
+        words = rest.split(b" ")
+        if len(words) == 4:
+            a, b, c, d = words
+            if a.isdigit() and b.isdigit() and c.isdigit() and d.isdigit():
+                numbers = (int(a), int(b), int(c), int(d))
+                if max(numbers) <= U32_MAX:
+                    return Command(op, (*numbers, True))
+    maxima = _NUMBER_ARGUMENTS.get(op)
     if op is Op.PUT:
         priority, pos = _read_uint(line, start, U32_MAX, False, op)
         delay, pos = _read_uint(line, pos, U32_MAX, False, op)
         ttr, pos = _read_uint(line, pos, U32_MAX, False, op)
         size, pos = _read_uint(line, pos, U32_MAX, False, op)
         return Command(op, (priority, delay, ttr, size, pos == len(line)))
-    if op in (Op.PEEK, Op.RESERVE_JOB, Op.DELETE, Op.KICK_JOB, Op.TOUCH, Op.STATS_JOB):
-        return Command(op, _read_numbers(line, start, (U64_MAX,), op))
-    if op is Op.RELEASE:
-        return Command(op, _read_numbers(line, start, (U64_MAX, U32_MAX, U32_MAX), op))
-    if op is Op.BURY:
-        return Command(op, _read_numbers(line, start, (U64_MAX, U32_MAX), op))
+    if maxima is not None:
+        return Command(op, _read_numbers(line, start, maxima, op))
     if op is Op.KICK:
         bound, digits = _c_integer(rest)
         if not digits or abs(bound) > U64_MAX:
             raise _bad(op)
         return Command(op, ((bound % 2**64) & U32_MAX,))
     if op is Op.RESERVE_WITH_TIMEOUT:
-        timeout, _ = _c_integer(rest)
+        timeout = int(rest) if rest.isdigit() else _c_integer(rest)[0]
         if not -_LONG_MAX - 1 <= timeout <= _LONG_MAX:
             raise _bad(op)
         return Command(op, (_c_int(timeout),))
@@ -238,11 +301,81 @@ def parse_command(line: bytes) -> Command:
         (delay,) = _read_numbers(line, pos, (U32_MAX,), op)
         name = line[name_start:pos]
         if not is_valid_tube_name(name):
-            raise _bad(op)
+            raise CommandError(BAD_FORMAT, op, counted=True)
         return Command(op, (name, delay))
-    if op is Op.QUIT:
-        return Command(op)
-    # The rest take no argument and refuse anything after the command.
-    if rest:
-        raise _bad(op)
-    return Command(op)
+    return Command(op)  # quit: whatever follows it is ignored
+
+
+MAX_LINE = 224
+"""beanstalkd's command buffer: the longest command line, CRLF included."""
+
+OVERLONG = object()
+"""What :meth:`CommandReader.next_line` returns for a line that was too long."""
+
+
+class CommandReader:
+    """Splits a connection's incoming bytes into command lines and job bodies.
+
+    It finds line ends exactly as beanstalkd 1.12 does, quirks included: it
+    looks at most :data:`MAX_LINE` bytes ahead, and only its *first* CR
+    counts, so a stray CR hides every later line end within those bytes.
+    A line still unended after 224 bytes is dropped, and so is everything
+    up to the next CRLF found the same way; the caller answers
+    ``BAD_FORMAT`` once for all of it.
+    """
+
+    __slots__ = ("_buffer", "_position", "_skipping")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._position = 0
+        self._skipping = False
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes received from the peer."""
+        buffer = self._buffer
+        if self._position == len(buffer):
+            buffer.clear()
+            self._position = 0
+        elif self._position > 65536:
+            del buffer[: self._position]
+            self._position = 0
+        buffer += data
+
+    @property
+    def buffered(self) -> int:
+        """How many received bytes are not consumed yet."""
+        return len(self._buffer) - self._position
+
+    def next_line(self) -> bytes | object | None:
+        """The next command line without its CRLF, :data:`OVERLONG`, or None for "need more"."""
+        buffer = self._buffer
+        while True:
+            position = self._position
+            window = min(len(buffer) - position, MAX_LINE)
+            carriage_return = buffer.find(b"\r", position, position + window - 1)
+            if carriage_return >= 0 and buffer[carriage_return + 1] == 0x0A:
+                self._position = carriage_return + 2
+                if self._skipping:
+                    self._skipping = False
+                    return OVERLONG
+                return bytes(buffer[position:carriage_return])
+            if window < MAX_LINE:
+                return None
+            self._position = position + MAX_LINE
+            self._skipping = True
+
+    def take(self, size: int) -> bytes | None:
+        """Exactly ``size`` bytes (a job body and its CRLF), or None until they have arrived."""
+        position = self._position
+        end = position + size
+        if end > len(self._buffer):
+            return None
+        self._position = end
+        return bytes(self._buffer[position:end])
+
+    def skip(self, size: int) -> int:
+        """Drop up to ``size`` bytes (an oversized body); returns how many were dropped."""
+        dropped = min(size, len(self._buffer) - self._position)
+        self._position += dropped
+        return dropped

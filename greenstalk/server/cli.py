@@ -1,0 +1,267 @@
+"""The ``greenstalkd`` command: beanstalkd's flags, the same behaviour.
+
+Flags may be combined and values attached, as beanstalkd allows
+(``-VF -p11300``, ``-l unix:/run/q.sock``). SIGUSR1 turns on drain mode;
+SIGTERM and SIGINT stop the server after flushing and syncing the binlog.
+Exit codes: 0 after a clean stop, 5 for a usage error, 10 when the binlog
+directory is locked by another process, 1 for other start-up failures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NoReturn, TextIO
+
+from .. import __version__
+from .connection import VERSION, ServerInfo
+from .net import Server, bind_tcp, bind_unix
+from .state import ServerState
+
+if TYPE_CHECKING:
+    from .binlog import Binlog
+
+DEFAULT_PORT = 11300
+DEFAULT_FSYNC_MS = 50
+DEFAULT_FILE_SIZE = 10 << 20
+DEFAULT_MAX_JOB_SIZE = 65535
+MAX_JOB_SIZE_LIMIT = 1 << 30
+
+EXIT_USAGE = 5
+EXIT_LOCKED = 10
+EXIT_FAILURE = 1
+
+USAGE = """\
+Use: greenstalkd [OPTIONS]
+
+Options:
+ -b DIR   write-ahead log directory
+ -f MS    fsync at most once every MS milliseconds (default is 50ms);
+          use -f0 for "always fsync"
+ -F       never fsync
+ -l ADDR  listen on address (default is all interfaces); unix:PATH for a Unix socket
+ -p PORT  listen on port (default is 11300)
+ -u USER  become user and group
+ -z BYTES set the maximum job size in bytes (default is 65535);
+          max allowed is 1073741824 bytes
+ -s BYTES set the size of each write-ahead log file (default is 10485760)
+ -v       show version information
+ -V       increase verbosity
+ -h       show this help
+"""
+
+_FLAGS_WITH_VALUE = frozenset("bflpuzs")
+
+
+@dataclasses.dataclass
+class Options:
+    """greenstalkd's settings, as the command line gives them."""
+
+    binlog_dir: str | None = None
+    fsync_ms: int | None = DEFAULT_FSYNC_MS
+    listen: str | None = None
+    port: int = DEFAULT_PORT
+    user: str | None = None
+    max_job_size: int = DEFAULT_MAX_JOB_SIZE
+    file_size: int = DEFAULT_FILE_SIZE
+    verbosity: int = 0
+
+
+class UsageError(Exception):
+    """A command line greenstalkd does not accept."""
+
+
+def _number(flag: str, text: str) -> int:
+    if not text.isdigit():
+        raise UsageError(f"invalid value for -{flag}: {text!r}")
+    return int(text)
+
+
+def parse_args(argv: Sequence[str], warn: TextIO = sys.stderr) -> Options | str:
+    """Read beanstalkd-style flags. Returns the options, or ``"help"``/``"version"``.
+
+    Raises :class:`UsageError` for an unknown flag, a missing or bad value,
+    or an argument that is not a flag.
+    """
+    options = Options()
+    position = 0
+    while position < len(argv):
+        argument = argv[position]
+        position += 1
+        if not argument.startswith("-") or argument == "-":
+            raise UsageError(f"unknown argument: {argument}")
+        index = 1
+        while index < len(argument):
+            flag = argument[index]
+            index += 1
+            if flag in _FLAGS_WITH_VALUE:
+                if index < len(argument):
+                    value = argument[index:]
+                elif position < len(argv):
+                    value = argv[position]
+                    position += 1
+                else:
+                    raise UsageError(f"flag -{flag} requires an argument")
+                _apply(options, flag, value, warn)
+                break
+            if flag == "F":
+                options.fsync_ms = None
+            elif flag == "V":
+                options.verbosity += 1
+            elif flag in "cn":
+                print(f"greenstalkd: the -{flag} flag was removed; ignoring it", file=warn)
+            elif flag == "h":
+                return "help"
+            elif flag == "v":
+                return "version"
+            else:
+                raise UsageError(f"unknown flag: -{flag}")
+    return options
+
+
+def _apply(options: Options, flag: str, value: str, warn: TextIO) -> None:
+    if flag == "b":
+        options.binlog_dir = value
+    elif flag == "f":
+        options.fsync_ms = _number(flag, value)
+    elif flag == "l":
+        options.listen = value
+    elif flag == "p":
+        port = _number(flag, value)
+        if port > 65535:
+            raise UsageError(f"invalid port: {value}")
+        options.port = port
+    elif flag == "u":
+        options.user = value
+    elif flag == "z":
+        size = _number(flag, value)
+        if size > MAX_JOB_SIZE_LIMIT:
+            print(f"greenstalkd: maximum job size was set to {MAX_JOB_SIZE_LIMIT}", file=warn)
+            size = MAX_JOB_SIZE_LIMIT
+        options.max_job_size = size
+    else:
+        options.file_size = _number(flag, value)
+
+
+def _activated_socket() -> socket.socket | None:
+    """The listening socket systemd (or a test harness) passed as fd 3, if any."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or os.environ.get("LISTEN_FDS") != "1":
+        return None
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    return socket.socket(fileno=3)
+
+
+def listening_socket(options: Options) -> socket.socket:
+    """The socket to serve on: an activated one, else one bound as the options say."""
+    activated = _activated_socket()
+    if activated is not None:
+        return activated
+    if options.listen is not None and options.listen.startswith("unix:"):
+        return bind_unix(options.listen[len("unix:") :])
+    return bind_tcp(options.listen, options.port)
+
+
+def _drop_privileges(user: str) -> None:
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+
+
+def make_state(
+    options: Options, log: TextIO = sys.stderr
+) -> tuple[ServerState, ServerInfo, Binlog | None]:
+    """The server's state, with the binlog replayed when ``-b`` is given.
+
+    Raises :class:`~greenstalk.server.binlog.BinlogError` when the binlog
+    cannot be opened.
+    """
+    binlog = None
+    if options.binlog_dir is not None:
+        from .binlog import Binlog
+
+        binlog = Binlog(
+            options.binlog_dir, file_size=options.file_size, fsync_ms=options.fsync_ms
+        )
+    state = ServerState(time.time_ns, options.max_job_size, binlog)
+    info = ServerInfo(secrets.token_hex(8), options.file_size)
+    if binlog is not None:
+        recovery = binlog.open()
+        for warning in recovery.warnings:
+            print(f"greenstalkd: {warning}", file=log)
+        state.recover(recovery)
+        binlog.finish_recovery()
+    return state, info, binlog
+
+
+def serve(options: Options, sock: socket.socket, log: TextIO = sys.stderr) -> None:
+    """Run greenstalkd on ``sock`` until SIGTERM or SIGINT; SIGUSR1 turns on drain mode.
+
+    Raises :class:`~greenstalk.server.binlog.BinlogError` when the binlog
+    cannot be opened.
+    """
+    state, info, binlog = make_state(options, log)
+    server = Server(state, info, binlog)
+    server.listen(sock)
+    # The handlers run on this thread between two steps of the loop; stop()
+    # also wakes the loop from its poll.
+    signal.signal(signal.SIGUSR1, lambda signum, frame: state.enter_drain_mode())
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: server.stop())
+    if options.verbosity:
+        print(f"greenstalkd: listening on {sock.getsockname()!r}", file=log)
+    try:
+        server.run()
+    finally:
+        server.close()
+        if binlog is not None:
+            binlog.close()
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    print(f"greenstalkd: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run greenstalkd with beanstalkd's command-line flags; returns the exit code."""
+    try:
+        parsed = parse_args(sys.argv[1:] if argv is None else argv)
+    except UsageError as error:
+        print(f"greenstalkd: {error}", file=sys.stderr)
+        print(USAGE, end="", file=sys.stderr)
+        return EXIT_USAGE
+    if parsed == "help":
+        print(USAGE, end="")
+        return 0
+    if parsed == "version":
+        print(f"greenstalkd {__version__} (beanstalkd {VERSION} protocol)")
+        return 0
+    assert isinstance(parsed, Options)
+    try:
+        sock = listening_socket(parsed)
+    except OSError as error:
+        _fail(f"cannot listen: {error}", EXIT_FAILURE)
+    if parsed.user is not None:
+        try:
+            _drop_privileges(parsed.user)
+        except (KeyError, OSError) as error:
+            _fail(f"cannot become user {parsed.user}: {error}", EXIT_FAILURE)
+    from .binlog import BinlogError, BinlogLockedError
+
+    try:
+        serve(parsed, sock)
+    except BinlogLockedError as error:
+        _fail(str(error), EXIT_LOCKED)
+    except BinlogError as error:
+        _fail(str(error), EXIT_FAILURE)
+    return 0
