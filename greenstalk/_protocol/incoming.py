@@ -331,8 +331,8 @@ class CommandReader:
         self._position = 0
         self._skipping = False
 
-    def feed(self, data: bytes) -> None:
-        """Add bytes received from the peer."""
+    def feed(self, data: bytes | memoryview) -> None:
+        """Add bytes received from the peer (copied)."""
         buffer = self._buffer
         if self._position == len(buffer):
             buffer.clear()

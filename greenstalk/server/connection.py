@@ -119,8 +119,11 @@ class Connection:
         """Bytes received and not yet processed."""
         return self._reader.buffered
 
-    def receive(self, data: bytes) -> None:
-        """Take bytes from the peer and answer every complete command."""
+    def receive(self, data: bytes | memoryview) -> None:
+        """Take bytes from the peer and answer every complete command.
+
+        ``data`` is copied: the caller may reuse its buffer afterwards.
+        """
         self._reader.feed(data)
         if not self.session.waiting:
             self.process()

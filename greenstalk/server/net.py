@@ -19,6 +19,7 @@ import os
 import select
 import socket
 import stat
+import sys
 import threading
 import time
 from collections import deque
@@ -159,16 +160,17 @@ class _Client:
         self._update_mask()
 
     def _read(self) -> None:
+        server = self._server
         try:
-            data = self.sock.recv(_RECEIVE_SIZE)
+            size = self.sock.recv_into(server.receive_buffer)
         except BlockingIOError:
             return
         except OSError:
-            self._server.drop(self)
+            server.drop(self)
             return
         connection = self.connection
-        if data:
-            connection.receive(data)
+        if size:
+            connection.receive(server.receive_view[:size])
             self._after()
             return
         # The peer shut down its side: a waiting reserve ends, then we close.
@@ -210,6 +212,10 @@ class Server:
         self.info = info
         self.binlog = binlog
         self.poller = _Poller()
+        # One buffer for every recv: a fresh 256 KiB bytes per call would
+        # cost an mmap and munmap each time.
+        self.receive_buffer = bytearray(_RECEIVE_SIZE)
+        self.receive_view = memoryview(self.receive_buffer)
         self._listeners: dict[int, socket.socket] = {}
         self.clients: dict[int, _Client] = {}
         #: Connections whose waiting reserve ended: their buffered commands run next.
@@ -220,7 +226,25 @@ class Server:
         self._wake_reader.setblocking(False)
         self._wake_writer.setblocking(False)
         self.poller.register(self._wake_reader.fileno(), _READ)
-        self._before_reply: Callable[[], None] = binlog.flush if binlog else _nothing
+        self._before_reply: Callable[[], None] = self._flush_log if binlog else _nothing
+        self._log_failing = False
+
+    def _flush_log(self) -> None:
+        """Write the binlog's new records; on failure warn once and keep serving.
+
+        The records stay buffered and go out with the next flush that works.
+        """
+        from .binlog import BinlogError
+
+        assert self.binlog is not None
+        try:
+            self.binlog.flush()
+        except BinlogError as error:
+            if not self._log_failing:
+                self._log_failing = True
+                print(f"greenstalkd: cannot write the binlog, retrying: {error}", file=sys.stderr)
+        else:
+            self._log_failing = False
 
     def connect(self, send: Callable[[bytes], None], resume_soon: Callable[[], None]) -> Connection:
         """A new client connection."""
@@ -281,11 +305,21 @@ class Server:
             if binlog is not None:
                 due = binlog.sync_due_at()
                 if due is not None and due <= time.time_ns():
-                    binlog.sync()
+                    self._flush_log()
+                    self._sync_log()
             # Reserves that ended above (their replies are sent) may have
             # commands queued behind them.
             while pending:
                 pending.popleft().resume()
+
+    def _sync_log(self) -> None:
+        from .binlog import BinlogError
+
+        assert self.binlog is not None
+        try:
+            self.binlog.sync()
+        except BinlogError as error:
+            print(f"greenstalkd: cannot sync the binlog: {error}", file=sys.stderr)
 
     def _run_calls(self) -> None:
         try:
