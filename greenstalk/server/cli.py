@@ -251,17 +251,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         sock = listening_socket(parsed)
     except OSError as error:
         _fail(f"cannot listen: {error}", EXIT_FAILURE)
-    if parsed.user is not None:
-        try:
-            _drop_privileges(parsed.user)
-        except (KeyError, OSError) as error:
-            _fail(f"cannot become user {parsed.user}: {error}", EXIT_FAILURE)
-    from .binlog import BinlogError, BinlogLockedError
+    with sock:
+        if parsed.user is not None:
+            try:
+                _drop_privileges(parsed.user)
+            except (KeyError, OSError) as error:
+                _fail(f"cannot become user {parsed.user}: {error}", EXIT_FAILURE)
+        from .binlog import BinlogError, BinlogLockedError
 
-    try:
-        serve(parsed, sock)
-    except BinlogLockedError as error:
-        _fail(str(error), EXIT_LOCKED)
-    except BinlogError as error:
-        _fail(str(error), EXIT_FAILURE)
+        try:
+            serve(parsed, sock)
+        except BinlogLockedError as error:
+            _fail(str(error), EXIT_LOCKED)
+        except BinlogError as error:
+            _fail(str(error), EXIT_FAILURE)
     return 0

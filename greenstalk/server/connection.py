@@ -30,6 +30,7 @@ from .job import STATE_NAMES, Job, JobState
 from .state import SECOND, ServerState, Session, Tube
 
 Send = Callable[[bytes], None]
+_REPLIES_PER_SEND = 64
 # A put waiting for its body: job id, body size with CRLF, priority, delay, TTR.
 PendingPut = tuple[int, int, int, int, int]
 
@@ -105,6 +106,9 @@ class Connection:
         self.session: Session = state.open_session(self._woken)
         #: True once ``quit`` was read or the connection was closed.
         self.closed = False
+        #: Set by the transport while the peer leaves too many replies unread:
+        #: like beanstalkd, run no more of its commands until they are taken.
+        self.blocked = False
         # A put whose body is still awaited, and how much of an oversized body is left to drop.
         self._body: PendingPut | None = None
         self._discarding = 0
@@ -125,7 +129,7 @@ class Connection:
         ``data`` is copied: the caller may reuse its buffer afterwards.
         """
         self._reader.feed(data)
-        if not self.session.waiting:
+        if not self.session.waiting and not self.blocked:
             self.process()
 
     def process(self) -> None:
@@ -133,7 +137,11 @@ class Connection:
         reader = self._reader
         session = self.session
         replies = self._replies
-        while not self.closed and not session.waiting:
+        while not self.closed and not session.waiting and not self.blocked:
+            if len(replies) >= _REPLIES_PER_SEND:
+                # Hand long runs of replies over as they come, so that a peer
+                # not reading them can block us (see ``blocked``).
+                self.flush()
             if self._discarding:
                 self._discarding -= reader.skip(self._discarding)
                 if self._discarding:

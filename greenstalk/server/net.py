@@ -113,6 +113,8 @@ class _Client:
                 return
             if sent < len(data):
                 self._output += data[sent:]
+        if len(self._output) > _MAX_BUFFERED:
+            self.connection.blocked = True
         self._update_mask()
 
     def _resume_soon(self) -> None:
@@ -130,7 +132,7 @@ class _Client:
             mask = _WRITE if self._output else 0
         elif self._output:
             # Replies pile up unread: stop reading, as beanstalkd does.
-            mask = _WRITE if len(self._output) > _MAX_BUFFERED else _WRITE | _READ | _HANG_UP
+            mask = _WRITE if self.connection.blocked else _WRITE | _READ | _HANG_UP
         elif self.connection.waiting and self.connection.buffered > _MAX_BUFFERED:
             mask = 0
         else:
@@ -157,6 +159,9 @@ class _Client:
         if not self._output and self._closing:
             self._server.drop(self)
             return
+        if self.connection.blocked and len(self._output) <= _MAX_BUFFERED // 2:
+            self.connection.blocked = False
+            self._resume_soon()
         self._update_mask()
 
     def _read(self) -> None:

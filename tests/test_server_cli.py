@@ -1,0 +1,179 @@
+"""The greenstalkd command line: beanstalkd's flags, exit codes and signals."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import greenstalk
+from greenstalk.server import cli
+from greenstalk.server.binlog import Binlog
+from greenstalk.server.cli import Options, UsageError, main, parse_args
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], Options()),
+        (["-p1234"], Options(port=1234)),
+        (["-p", "1234", "-l", "localhost"], Options(port=1234, listen="localhost")),
+        (["-VFV"], Options(fsync_ms=None, verbosity=2)),
+        (["-VFp", "99"], Options(fsync_ms=None, verbosity=1, port=99)),
+        (["-b", "/tmp/x", "-f0", "-s", "4096"], Options(binlog_dir="/tmp/x", fsync_ms=0,
+                                                        file_size=4096)),
+        (["-z", "10", "-u", "nobody"], Options(max_job_size=10, user="nobody")),
+        (["-l", "unix:/run/q.sock"], Options(listen="unix:/run/q.sock")),
+    ],
+)
+def test_flags(argv: list[str], expected: Options) -> None:
+    assert parse_args(argv) == expected
+
+
+def test_help_and_version_flags() -> None:
+    assert parse_args(["-h"]) == "help"
+    assert parse_args(["-Vv"]) == "version"
+
+
+def test_a_too_large_job_size_is_clamped_with_a_warning() -> None:
+    warnings = io.StringIO()
+    options = parse_args(["-z", "2000000000"], warn=warnings)
+    assert isinstance(options, Options)
+    assert options.max_job_size == 1 << 30
+    assert "1073741824" in warnings.getvalue()
+
+
+def test_removed_flags_only_warn() -> None:
+    warnings = io.StringIO()
+    assert parse_args(["-c", "-n"], warn=warnings) == Options()
+    assert warnings.getvalue().count("removed") == 2
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["-q"], ["extra"], ["-"], ["-p"], ["-p", "http"], ["-p", "70000"], ["-z", "-1"], ["-f", "x"]],
+)
+def test_bad_command_lines(argv: list[str]) -> None:
+    with pytest.raises(UsageError):
+        parse_args(argv)
+
+
+def test_main_prints_usage_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-h"]) == 0
+    assert "-b DIR" in capsys.readouterr().out
+    assert main(["-v"]) == 0
+    assert "beanstalkd 1.12 protocol" in capsys.readouterr().out
+    assert main(["-x"]) == cli.EXIT_USAGE
+    error = capsys.readouterr().err
+    assert "unknown flag: -x" in error
+    assert "Use: greenstalkd" in error
+
+
+def test_main_cannot_listen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    not_a_socket = tmp_path / "file"
+    not_a_socket.write_text("")
+    with pytest.raises(SystemExit) as caught:
+        main(["-l", f"unix:{not_a_socket}"])
+    assert caught.value.code == cli.EXIT_FAILURE
+    assert "cannot listen" in capsys.readouterr().err
+
+
+def test_main_unknown_user(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["-l", f"unix:{tmp_path / 'socket'}", "-u", "no-such-user-here"])
+    assert caught.value.code == cli.EXIT_FAILURE
+    assert "no-such-user-here" in capsys.readouterr().err
+
+
+def test_main_with_a_locked_binlog(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    holder = Binlog(str(tmp_path / "log"))
+    holder.open()
+    try:
+        with pytest.raises(SystemExit) as caught:
+            main(["-l", f"unix:{tmp_path / 'socket'}", "-b", str(tmp_path / "log")])
+    finally:
+        holder.close()
+    assert caught.value.code == cli.EXIT_LOCKED
+    assert "lock" in capsys.readouterr().err
+
+
+def _wait_for_socket(path: Path) -> greenstalk.Client[bytes]:
+    """Connect once greenstalkd (started on this process's main thread) listens at ``path``."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return greenstalk.Client(str(path), socket_timeout=5)
+        except greenstalk.ClientConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def test_main_serves_until_sigterm(tmp_path: Path) -> None:
+    """main() on this thread; a second thread uses it, drains it with SIGUSR1, stops it."""
+    path = tmp_path / "socket"
+    seen: dict[str, object] = {}
+
+    def use_the_server() -> None:
+        with _wait_for_socket(path) as client:
+            seen["id"] = client.put(b"hello")
+            os.kill(os.getpid(), signal.SIGUSR1)
+            while client.stats()["draining"] != "true":
+                time.sleep(0.01)
+            try:
+                client.put(b"refused")
+            except greenstalk.DrainingError:
+                seen["draining"] = True
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=use_the_server)
+    thread.start()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+    try:
+        code = main(["-V", "-l", f"unix:{path}", "-b", str(tmp_path / "log")])
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        thread.join()
+    assert code == 0
+    assert seen == {"id": 1, "draining": True}
+
+
+def test_python_dash_m_runs_the_server() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "greenstalk.server", "-v"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert result.stdout.startswith("greenstalkd ")
+
+
+def test_the_server_starts_quickly(tmp_path: Path) -> None:
+    """Scripts written for beanstalkd connect about 100 ms after starting it."""
+    path = tmp_path / "socket"
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "greenstalk.server", "-l", f"unix:{path}"],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        with _wait_for_socket(path) as client:
+            assert client.using() == "default"
+        elapsed = time.monotonic() - started
+    finally:
+        process.terminate()
+        process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
+    assert process.returncode == 0
+    # Generous for a loaded CI machine; here it is about 60 ms.
+    assert elapsed < 2
