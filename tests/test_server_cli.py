@@ -58,7 +58,10 @@ def test_removed_flags_only_warn() -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["-q"], ["extra"], ["-"], ["-p"], ["-p", "http"], ["-p", "70000"], ["-z", "-1"], ["-f", "x"]],
+    [
+        ["-q"], ["extra"], ["-"], ["-p"], ["-p", "http"], ["-p", "70000"], ["-z", "-1"],
+        ["-f", "x"], ["-s", "0"],
+    ],
 )
 def test_bad_command_lines(argv: list[str]) -> None:
     with pytest.raises(UsageError):

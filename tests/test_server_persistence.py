@@ -239,3 +239,19 @@ def test_sigterm_while_clients_are_busy(kind: str, tmp_path: Path) -> None:
         stop.set()
         thread.join()
         assert not errors
+
+
+def test_a_pause_goes_with_its_tube(greenstalkd_only: str, tmp_path: Path) -> None:
+    """A paused tube that is dropped and made again later is not paused after a restart."""
+    with server_with_log(greenstalkd_only, tmp_path, "-f", "0") as server:
+        with client_of(server) as client:
+            client.use("brief")
+            client.pause_tube("brief", 3600)
+            client.use("default")  # nothing refers to "brief" now: it is dropped
+            client.use("brief")
+            job_id = client.put(b"x")
+        kill_hard(server)
+    with server_with_log(greenstalkd_only, tmp_path) as server, client_of(server) as client:
+        assert client.stats_tube("brief")["pause"] == 0
+        client.watch("brief")
+        assert client.reserve(timeout=0).id == job_id

@@ -147,6 +147,8 @@ def _apply(options: Options, flag: str, value: str, warn: TextIO) -> None:
         options.max_job_size = size
     else:
         options.file_size = _number(flag, value)
+        if not options.file_size:
+            raise UsageError("the binlog file size (-s) must be positive")
 
 
 def _activated_socket() -> socket.socket | None:

@@ -219,6 +219,9 @@ class ServerState:
             if tube.timer is not None:
                 tube.timer = None
                 self._live_timers -= 1
+            if tube.pause and self.binlog is not None:
+                # The pause goes with the tube; a tube made again later starts unpaused.
+                self.binlog.pause(tube.name, 0, 0)
 
     # Sessions
 
