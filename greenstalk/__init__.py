@@ -1,5 +1,6 @@
 """greenstalk: a fast, careful Python client for the beanstalkd work queue."""
 
+from ._address import address_from_environment, describe_address, parse_address
 from ._protocol.errors import (
     BadFormatError,
     BeanstalkdError,
@@ -83,4 +84,7 @@ __all__ = [
     "TimedOutError",
     "UnknownCommandError",
     "UnknownResponseError",
+    "address_from_environment",
+    "describe_address",
+    "parse_address",
 ]

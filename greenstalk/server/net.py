@@ -41,6 +41,7 @@ _RECEIVE_SIZE = 262144
 _MAX_BUFFERED = 1 << 20
 # Wake up this much after a timer's moment rather than a hair before it.
 _TIMER_SLACK = 0.0005
+_LONGEST_SLEEP = 3600.0
 
 
 class _Poller:
@@ -287,7 +288,9 @@ class Server:
                 deadlines.append((due - time.time_ns()) / SECOND)
         if not deadlines:
             return None
-        return max(min(deadlines), 0) + _TIMER_SLACK
+        # Never sleep longer than beanstalkd does (an hour): poll() cannot
+        # take timeouts of years, and the timers are checked on every wake-up.
+        return min(max(min(deadlines), 0) + _TIMER_SLACK, _LONGEST_SLEEP)
 
     def run(self) -> None:
         """Serve until :meth:`stop`."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING, Callable, TypeVar, Union
 
 from .._protocol.outgoing import DEADLINE_SOON, TIMED_OUT, reserved
 from .job import Job, JobState
@@ -215,7 +215,7 @@ class ServerState:
             and tube.job_count == 0
             and tube is not self.default_tube
         ):
-            del self.tubes[tube.name]
+            _swap_remove(self.tubes, tube.name)
             if tube.timer is not None:
                 tube.timer = None
                 self._live_timers -= 1
@@ -284,7 +284,7 @@ class ServerState:
             return len(session.watched)
         if len(session.watched) == 1:
             return None
-        del session.watched[tube]
+        session.watched = _swap_remove(session.watched, tube)
         tube.watching -= 1
         self._drop_if_unused(tube)
         return len(session.watched)
@@ -785,3 +785,25 @@ def _rebuilt(heap: list[HeapEntry]) -> list[HeapEntry]:
     live = [entry for entry in heap if entry[2].entry is entry]
     heapq.heapify(live)
     return live
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _swap_remove(items: dict[K, V], key: K) -> dict[K, V]:
+    """Remove ``key`` the way beanstalkd removes from its arrays: the last item takes its place.
+
+    This keeps ``list-tubes`` and ``list-tubes-watched`` in beanstalkd's
+    order. Changes ``items`` in place, and returns it.
+    """
+    last = next(reversed(items))
+    if last == key:
+        del items[key]
+        return items
+    keys = list(items)
+    keys[keys.index(key)] = keys.pop()
+    values = {k: items[k] for k in keys}
+    items.clear()
+    items.update(values)
+    return items
