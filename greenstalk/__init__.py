@@ -36,6 +36,7 @@ from .client import (
     Job,
     JobOrID,
 )
+from .worker import Worker, WorkerJob
 
 __version__ = "3.0.0.dev0"
 
@@ -84,6 +85,8 @@ __all__ = [
     "TimedOutError",
     "UnknownCommandError",
     "UnknownResponseError",
+    "Worker",
+    "WorkerJob",
     "address_from_environment",
     "describe_address",
     "parse_address",

@@ -870,4 +870,7 @@ async def connect(
     return client
 
 
-__all__ = ["Client", "connect"]
+# At the end: the worker module needs Client defined.
+from ._aio_worker import Worker, WorkerJob  # noqa: E402
+
+__all__ = ["Client", "Worker", "WorkerJob", "connect"]

@@ -8,7 +8,7 @@ import ssl as _ssl
 from collections import deque
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Callable, NoReturn, cast, overload
+from typing import Any, Callable, NoReturn, cast, overload
 
 from ._base import (
     DEFAULT_DELAY,
@@ -264,6 +264,29 @@ class Client(ClientBase[TBody]):
         except BaseException:
             self._abort("interrupted while waiting for replies")
             raise
+
+    def _finish_and_reserve(
+        self, finish: Request[None] | None, timeout: int
+    ) -> tuple[BeanstalkdError | None, tuple[int, bytes] | BeanstalkdError]:
+        """Send ``finish`` (the last job's delete, release or bury) and a reserve in one write.
+
+        Returns the finish's server error (or None) and the reserved job's id
+        and raw body, or the reserve's server error (TimedOutError,
+        DeadlineSoonError). This is the worker's step: one round trip a job.
+        Raises ClientConnectionError as the other commands do.
+        """
+        reserve = commands.reserve(timeout)
+        requests: list[Request[Any]] = [reserve] if finish is None else [finish, reserve]
+        sock = self._live_socket()
+        try:
+            if self._timeout is not None:
+                sock.settimeout(timeout + self._timeout)
+            results = self._pipeline(requests)
+        finally:
+            if self._socket is not None and self._timeout is not None:
+                sock.settimeout(self._timeout)
+        finished = None if finish is None else results[0]
+        return cast("BeanstalkdError | None", finished), results[-1]
 
     # BEGIN COMMANDS (scripts/generate_aio.py copies these into greenstalk/aio.py)
 
