@@ -2,8 +2,8 @@
 
 Run from the repository root::
 
-    .venv/bin/python bench/worker.py               # 5 interleaved rounds
-    .venv/bin/python bench/worker.py --quick       # a smoke run
+    .venv/bin/python bench/worker_loop.py               # 5 interleaved rounds
+    .venv/bin/python bench/worker_loop.py --quick       # a smoke run
 
 beanstalkd runs pinned to CPU 0 and each consumer runs in its own process
 pinned to CPU 1 (the realistic, cross-core case). Before each measurement
