@@ -31,7 +31,7 @@ import greenstalk
 from greenstalk.testing import run_beanstalkd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from clients import DEFAULT_VENVS, GREENSTALK_2_1_1, ensure_venv  # noqa: E402
+from clients import DEFAULT_VENVS, GREENSTALK_2_1_1, ensure_venv
 
 SERVER_CPU = "0"
 CLIENT_CPU = "1"
