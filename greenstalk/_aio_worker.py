@@ -88,6 +88,8 @@ class WorkerJob:
 
 
 Handler = Callable[[WorkerJob], Union[Awaitable[object], object]]
+# A finished job: its id, the command that finishes it, and the outcome's name.
+_Finish = tuple[int, Request[None], str]
 
 
 class Worker(WorkerBase[Handler]):
@@ -109,6 +111,8 @@ class Worker(WorkerBase[Handler]):
         self._tasks: set[asyncio.Task[None]] = set()
         # What the main loop waits on when it pauses; resolved to wake it.
         self._waiter: asyncio.Future[None] | None = None
+        # Jobs whose handlers have finished, waiting to go out with the next reserve.
+        self._finishes: list[_Finish] = []
         # The touching task of each job whose handler has run long enough to need one.
         self._touchers: dict[WorkerJob, asyncio.Task[None]] = {}
 
@@ -183,6 +187,7 @@ class Worker(WorkerBase[Handler]):
                 await self._pause(self.reserve_slice)
             if self._stop_requests >= 2:
                 return await self._cold_stop()
+            await self._send_finishes()
         finally:
             for signum in installed:
                 loop.remove_signal_handler(signum)
@@ -197,6 +202,7 @@ class Worker(WorkerBase[Handler]):
                        len(self._tasks))
         for task in self._tasks:
             task.cancel()
+        await self._send_finishes()  # the jobs already done are acknowledged first
         if self._client is not None:
             await self._client.close()  # the server puts the jobs back, priority unchanged
             self._client = None
@@ -207,9 +213,6 @@ class Worker(WorkerBase[Handler]):
     async def _loop(self, burst: bool) -> None:
         single_tube = next(iter(self._handlers)) if len(self._handlers) == 1 else None
         while not self._stop_requests:
-            if len(self._tasks) >= self.concurrency:
-                await self._pause(self.reserve_slice)
-                continue
             client = self._client
             if client is None or client.closed:
                 if client is not None:
@@ -217,28 +220,62 @@ class Worker(WorkerBase[Handler]):
                 client = self._client = await self._connect()
                 if client is None:
                     return
+            if len(self._tasks) >= self.concurrency:
+                await self._pause(self.reserve_slice)
+                continue
             busy = bool(self._tasks)
             timeout = 0 if busy or burst else self.reserve_slice
+            # The finished jobs' deletes go out in the same write as the reserve.
+            finishes, self._finishes = self._finishes, []
             try:
-                job = await client.reserve(timeout)
+                refusals, reserved = await client._finish_and_reserve(
+                    [request for _, request, _ in finishes], timeout
+                )
             except ClientConnectionError as error:
                 await self._lost(client, str(error))
                 continue
-            except TimedOutError:
+            self._count_finishes(finishes, refusals)
+            if isinstance(reserved, TimedOutError):
                 if burst and not busy:
                     return
                 if busy:
                     await self._pause(_POLL_PAUSE)
                 continue
-            except DeadlineSoonError:
+            if isinstance(reserved, DeadlineSoonError):
                 continue
-            except BeanstalkdError as error:
-                logger.error("reserve failed: %r", error)
+            if isinstance(reserved, BeanstalkdError):
+                logger.error("reserve failed: %r", reserved)
                 await self._pause(1)
                 continue
-            task = asyncio.ensure_future(self._handle(client, job.id, job.body, single_tube))
+            job_id, raw_body = reserved
+            task = asyncio.ensure_future(self._handle(client, job_id, raw_body, single_tube))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _count_finishes(
+        self, finishes: list[_Finish], refusals: list[BeanstalkdError | None]
+    ) -> None:
+        for (job_id, _, outcome), refusal in zip(finishes, refusals):
+            if refusal is None:
+                self.counts[outcome] += 1
+            else:
+                logger.warning("the server refused to finish job %d: %r", job_id, refusal)
+
+    async def _send_finishes(self) -> None:
+        """Acknowledge the jobs finished since the last reserve (the worker is stopping)."""
+        finishes, self._finishes = self._finishes, []
+        client = self._client
+        if not finishes or client is None:
+            return
+        try:
+            results = await client._pipeline([request for _, request, _ in finishes])
+        except ClientConnectionError as error:
+            logger.warning("%d job(s) not acknowledged: the connection was lost (%s)",
+                           len(finishes), error)
+            return
+        self._count_finishes(
+            finishes, [r if isinstance(r, BeanstalkdError) else None for r in results]
+        )
 
     async def _lost(self, client: Client[bytes], reason: str) -> None:
         logger.warning("connection to the server lost (%s); jobs in hand go back to the queue "
@@ -246,6 +283,8 @@ class Worker(WorkerBase[Handler]):
         await client.close()
         if self._client is client:
             self._client = None
+            # Finished on that connection: the server has taken them back.
+            self._finishes.clear()
         self._reconnecting = True
 
     async def _handle(self, client: Client[bytes], job_id: int, raw_body: bytes,
@@ -256,21 +295,13 @@ class Worker(WorkerBase[Handler]):
             finish, outcome = await self._run_handler(client, job_id, tube, raw_body)
         except ClientConnectionError as error:
             logger.warning("job %d: connection lost while handling it (%s)", job_id, error)
-            self._wake_loop()
-            return
-        # The finish is sent in the same loop turn as the reserve this wakes.
-        finishing = asyncio.ensure_future(client._run(finish))
+        else:
+            if client is self._client:
+                self._finishes.append((job_id, finish, outcome))
+            else:
+                logger.warning("job %d was not acknowledged: its connection was lost", job_id)
         self._tasks.discard(asyncio.current_task())
         self._wake_loop()
-        try:
-            await finishing
-        except BeanstalkdError as error:
-            logger.warning("the server refused to finish job %d: %r", job_id, error)
-        except ClientConnectionError as error:
-            logger.warning("job %d was not acknowledged: the connection was lost (%s)",
-                           job_id, error)
-        else:
-            self.counts[outcome] += 1
 
     def _wake_loop(self) -> None:
         waiter = self._waiter

@@ -615,6 +615,34 @@ class Client(ClientBase[TBody]):
                 connection.abandon(entry)
             raise
 
+    async def _finish_and_reserve(
+        self, finishes: list[Request[None]], timeout: int
+    ) -> tuple[list[BeanstalkdError | None], tuple[int, bytes] | BeanstalkdError]:
+        """Send ``finishes`` (deletes, releases, buries) and a reserve in one write.
+
+        Returns each finish's server error (or None) and the reserved job's id
+        and raw body, or the reserve's server error. The asyncio worker's
+        step; raises ClientConnectionError as the other commands do.
+        """
+        reserve = commands.reserve(timeout)
+        requests = [*finishes, reserve]
+        connection = self._live()
+        wait = None if self._timeout is None else timeout + self._timeout
+        entry = connection.send(
+            b"".join(data for data, _ in requests), [parse for _, parse in requests], wait
+        )
+        try:
+            if connection.writable is not None:
+                await connection.drain()
+            results = await entry.future
+        except asyncio.CancelledError:
+            connection.abandon(entry)
+            raise
+        return (
+            [result if isinstance(result, BeanstalkdError) else None for result in results[:-1]],
+            results[-1],
+        )
+
     # BEGIN COMMANDS (generated from greenstalk/client.py by scripts/generate_aio.py)
 
     # -- producer ----------------------------------------------------------
