@@ -8,7 +8,7 @@ import ssl as _ssl
 from collections import deque
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, Callable, NoReturn, cast, overload
+from typing import Callable, NoReturn, cast, overload
 
 from ._base import (
     DEFAULT_DELAY,
@@ -275,18 +275,38 @@ class Client(ClientBase[TBody]):
         DeadlineSoonError). This is the worker's step: one round trip a job.
         Raises ClientConnectionError as the other commands do.
         """
-        reserve = commands.reserve(timeout)
-        requests: list[Request[Any]] = [reserve] if finish is None else [finish, reserve]
+        reserve_data, parse_reserved = commands.reserve(timeout)
+        if finish is None:
+            data, wanted = reserve_data, 1
+        else:
+            data, wanted = finish[0] + reserve_data, 2
         sock = self._live_socket()
         try:
             if self._timeout is not None:
                 sock.settimeout(timeout + self._timeout)
-            results = self._pipeline(requests)
-        finally:
-            if self._socket is not None and self._timeout is not None:
+            sock.sendall(data)
+            replies = self._reader.receive(sock.recv(_RECEIVE_SIZE))
+            if len(replies) != wanted:
+                self._receive(sock, replies, wanted, wanted)
+            if not self._reader.drained:
+                raise ProtocolError("the server sent bytes that answer no command")
+            if self._timeout is not None:
                 sock.settimeout(self._timeout)
-        finished = None if finish is None else results[0]
-        return cast("BeanstalkdError | None", finished), results[-1]
+        except (OSError, ProtocolError) as error:
+            self._fail(error)
+        except BaseException:
+            self._abort("interrupted while waiting for a reply")
+            raise
+        finished: BeanstalkdError | None = None
+        if finish is not None:
+            try:
+                finish[1](replies[0])
+            except BeanstalkdError as error:
+                finished = error
+        try:
+            return finished, parse_reserved(replies[-1])
+        except BeanstalkdError as error:
+            return finished, error
 
     # BEGIN COMMANDS (scripts/generate_aio.py copies these into greenstalk/aio.py)
 
