@@ -33,7 +33,7 @@ from ._protocol.errors import (
     TimedOutError,
 )
 from .aio import Client
-from .worker import EXIT_OK, Outcome, WorkerBase, logger, outcome_of
+from .worker import EXIT_OK, JobInHand, Outcome, WorkerBase, logger, outcome_of
 
 # How long to pause between non-waiting reserves that found nothing while
 # handlers run, in seconds.
@@ -42,28 +42,19 @@ _POLL_PAUSE = 0.05
 _FIRST_TOUCH_CHECK = 0.5
 
 
-class WorkerJob:
+class WorkerJob(JobInHand):
     """The job an asyncio handler gets: id, tube, decoded body, and what it may do with it.
 
     ``release``, ``bury`` and ``delete`` decide what happens to the job when
     the handler returns (the last call wins); ``touch`` restarts its TTR now.
     """
 
-    __slots__ = ("_client", "_decision", "body", "id", "raw_body", "tube")
+    __slots__ = ("_client",)
 
     def __init__(self, client: Client[bytes], job_id: int, tube: str, raw_body: bytes,
                  body: Any) -> None:
-        self.id = job_id
-        self.tube = tube
-        #: The body as it came from the server.
-        self.raw_body = raw_body
-        #: The body as the codec decoded it.
-        self.body = body
+        super().__init__(job_id, tube, raw_body, body)
         self._client = client
-        self._decision: Request[None] | None = None
-
-    def __repr__(self) -> str:
-        return f"<WorkerJob id={self.id} tube={self.tube!r}>"
 
     async def _priority(self, priority: int | None) -> int:
         if priority is not None:
@@ -77,10 +68,6 @@ class WorkerJob:
     async def bury(self, priority: int | None = None) -> None:
         """Bury the job when the handler returns (``priority`` None keeps it)."""
         self._decision = commands.bury(self.id, await self._priority(priority))
-
-    def delete(self) -> None:
-        """Delete the job when the handler returns (what happens anyway on success)."""
-        self._decision = commands.delete(self.id)
 
     async def touch(self) -> None:
         """Restart the job's TTR now. Raises NotFoundError if the job was lost."""

@@ -95,27 +95,40 @@ class JSONCodec:
 CODECS: dict[str, Codec] = {"bytes": BytesCodec(), "json": JSONCodec()}
 
 
-class WorkerJob:
-    """The job a handler gets: its id, tube and decoded body, and what it may do with it.
+class JobInHand:
+    """What the sync and asyncio workers' jobs share: the fields, the decision, delete."""
 
-    ``release``, ``bury`` and ``delete`` decide what happens to the job when
-    the handler returns (the last call wins); ``touch`` restarts its TTR now.
-    """
+    __slots__ = ("_decision", "body", "id", "raw_body", "tube")
 
-    __slots__ = ("_decision", "_worker", "body", "id", "raw_body", "tube")
-
-    def __init__(self, worker: Worker, job_id: int, tube: str, raw_body: bytes, body: Any) -> None:
+    def __init__(self, job_id: int, tube: str, raw_body: bytes, body: Any) -> None:
         self.id = job_id
         self.tube = tube
         #: The body as it came from the server.
         self.raw_body = raw_body
         #: The body as the codec decoded it.
         self.body = body
-        self._worker = worker
         self._decision: Request[None] | None = None
 
     def __repr__(self) -> str:
         return f"<WorkerJob id={self.id} tube={self.tube!r}>"
+
+    def delete(self) -> None:
+        """Delete the job when the handler returns (what happens anyway on success)."""
+        self._decision = commands.delete(self.id)
+
+
+class WorkerJob(JobInHand):
+    """The job a handler gets: its id, tube and decoded body, and what it may do with it.
+
+    ``release``, ``bury`` and ``delete`` decide what happens to the job when
+    the handler returns (the last call wins); ``touch`` restarts its TTR now.
+    """
+
+    __slots__ = ("_worker",)
+
+    def __init__(self, worker: Worker, job_id: int, tube: str, raw_body: bytes, body: Any) -> None:
+        super().__init__(job_id, tube, raw_body, body)
+        self._worker = worker
 
     def release(self, delay: int = 0, priority: int | None = None) -> None:
         """Put the job back when the handler returns, after ``delay`` seconds.
@@ -131,10 +144,6 @@ class WorkerJob:
         if priority is None:
             priority = self._worker._job_stats(self.id)["pri"]
         self._decision = commands.bury(self.id, priority)
-
-    def delete(self) -> None:
-        """Delete the job when the handler returns (what happens anyway on success)."""
-        self._decision = commands.delete(self.id)
 
     def touch(self) -> None:
         """Restart the job's TTR now. Raises NotFoundError if the job was lost."""

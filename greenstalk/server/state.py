@@ -91,23 +91,21 @@ class Tube:
 
     def top_ready(self) -> Job | None:
         """The ready job with the lowest (priority, id), or None."""
-        heap = self.ready
-        while heap:
-            entry = heap[0]
-            if entry[2].entry is entry:
-                return entry[2]
-            heapq.heappop(heap)
-        return None
+        return _live_top(self.ready)
 
     def top_delayed(self) -> Job | None:
         """The delayed job with the earliest deadline (then lowest id), or None."""
-        heap = self.delayed
-        while heap:
-            entry = heap[0]
-            if entry[2].entry is entry:
-                return entry[2]
-            heapq.heappop(heap)
-        return None
+        return _live_top(self.delayed)
+
+
+def _live_top(heap: list[HeapEntry]) -> Job | None:
+    """The job of the heap's first live entry, dropping the stale ones above it."""
+    while heap:
+        entry = heap[0]
+        if entry[2].entry is entry:
+            return entry[2]
+        heapq.heappop(heap)
+    return None
 
 
 class Session:
