@@ -40,7 +40,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Callable, Generic, Protocol, TypeVar
 
-from ._address import TextAddress, address_from_environment
+from ._address import TextAddress, address_from_environment, parse_address
 from ._base import Address
 from ._protocol import commands
 from ._protocol.commands import Request
@@ -517,9 +517,10 @@ class Worker(WorkerBase[Handler]):
 
 
 def _parse(address: Address | str) -> Address | TextAddress:
-    if isinstance(address, str) and ":" in address and "/" not in address:
-        from ._address import parse_address
-
+    """Text in the forms ``host:port`` and ``unix:PATH`` becomes an address; the rest stays."""
+    if isinstance(address, str) and (
+        address.startswith("unix:") or (":" in address and "/" not in address)
+    ):
         return parse_address(address)
     return address
 

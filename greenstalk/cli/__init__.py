@@ -1,0 +1,70 @@
+"""The ``greenstalk`` command: inspect and operate a beanstalkd server from a shell.
+
+``greenstalk [--address ADDRESS] [--json] [--timeout SECONDS] COMMAND ...``
+talks to ``--address`` (``host:port`` or the path of a Unix socket), else to
+``$BEANSTALKD_ADDRESS``, else to 127.0.0.1:11300. The commands are ``put``,
+``peek``, ``peek-ready``, ``peek-delayed``, ``peek-buried``, ``delete``,
+``kick``, ``kick-job``, ``pause``, ``stats``, ``tubes``, ``drain``, ``top``,
+``worker`` and ``serve``; ``greenstalk COMMAND --help`` describes each.
+Output is a human-readable table or line by default, and one JSON document
+per line with ``--json``. An error is one line on stderr, never a traceback.
+
+Exit codes:
+
+* 0: success.
+* 1: the server refused the command or found nothing (an unknown job, an
+  empty tube, a server in drain mode), or a drain was declined; also when
+  the output is closed early (a pipe into ``head``).
+* 2: usage error: a bad option, argument or address (``--address`` or
+  ``$BEANSTALKD_ADDRESS``), a worker that cannot be loaded, a drain without
+  ``--yes`` when stdin is not a terminal.
+* 3: the server cannot be reached, or the connection failed or timed out.
+* 130: interrupted (Ctrl-C).
+
+``greenstalk serve`` and ``greenstalk worker`` return the exit code of the
+server and of the worker.
+
+The command line needs click and rich, installed with the ``cli`` extra
+(``pip install 'greenstalk[cli]'``); the rest of the package does not.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_CONNECTION = 3
+EXIT_INTERRUPTED = 130
+
+MISSING_EXTRA = "greenstalk: the command line needs its extra: pip install 'greenstalk[cli]'"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``greenstalk`` command with ``argv`` (default: ``sys.argv[1:]``).
+
+    Returns the exit code. Expected errors (usage, server refusals, failed
+    connections, Ctrl-C) are reported as one line on stderr, not raised.
+    When click or rich is not installed, says how to install them and
+    returns 2.
+    """
+    try:
+        from ._commands import run
+    except ImportError as error:
+        if (error.name or "").partition(".")[0] not in ("click", "rich"):
+            raise
+        print(MISSING_EXTRA, file=sys.stderr)
+        return EXIT_USAGE
+    return run(list(sys.argv[1:] if argv is None else argv))
+
+
+__all__ = [
+    "EXIT_CONNECTION",
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "main",
+]
