@@ -168,16 +168,17 @@ def test_stops(address: greenstalk.Address, make_sync_client: MakeClient) -> Non
     client = make_sync_client()
     job_id = client.put(b"x", priority=4)
     worker = worker_for(address, concurrency=2)
-    started = asyncio.Event()
+    started: list[asyncio.Event] = []
 
     @worker.handler("default")
     async def forever(job: WorkerJob) -> None:
-        started.set()
+        started[0].set()
         await asyncio.sleep(60)
 
     async def main() -> int:
+        started.append(asyncio.Event())  # made on the running loop (Python 3.9 needs it)
         running = asyncio.ensure_future(worker.run())
-        await started.wait()
+        await started[0].wait()
         worker.stop()
         await asyncio.sleep(0.2)
         assert not running.done()  # a warm stop waits for the handler
