@@ -33,7 +33,7 @@ from ._protocol.errors import (
     TimedOutError,
 )
 from .aio import Client
-from .worker import EXIT_OK, JobInHand, Outcome, WorkerBase, logger, outcome_of
+from .worker import EXIT_OK, JobInHand, Outcome, WorkerBase, logger
 
 # How long to pause between non-waiting reserves that found nothing while
 # handlers run, in seconds.
@@ -63,11 +63,12 @@ class WorkerJob(JobInHand):
 
     async def release(self, delay: int = 0, priority: int | None = None) -> None:
         """Put the job back when the handler returns (``priority`` None keeps it)."""
-        self._decision = commands.release(self.id, await self._priority(priority), delay)
+        priority = await self._priority(priority)
+        self._decision = (commands.release(self.id, priority, delay), "released")
 
     async def bury(self, priority: int | None = None) -> None:
         """Bury the job when the handler returns (``priority`` None keeps it)."""
-        self._decision = commands.bury(self.id, await self._priority(priority))
+        self._decision = (commands.bury(self.id, await self._priority(priority)), "buried")
 
     async def touch(self) -> None:
         """Restart the job's TTR now. Raises NotFoundError if the job was lost."""
@@ -322,10 +323,7 @@ class Worker(WorkerBase[Handler]):
             touching = self._touchers.pop(job, None)
             if touching is not None:
                 touching.cancel()
-        decision = job._decision
-        if decision is None:
-            return commands.delete(job_id), "deleted"
-        return decision, outcome_of(decision)
+        return job._decision or (commands.delete(job_id), "deleted")
 
     def _start_touching(self, client: Client[bytes], job: WorkerJob) -> None:
         self._touchers[job] = asyncio.ensure_future(self._keep_touching(client, job))

@@ -95,6 +95,10 @@ class JSONCodec:
 CODECS: dict[str, Codec] = {"bytes": BytesCodec(), "json": JSONCodec()}
 
 
+# What finishes a job (its delete, release or bury), and the name of that outcome.
+Outcome = tuple[Request[None], str]
+
+
 class JobInHand:
     """What the sync and asyncio workers' jobs share: the fields, the decision, delete."""
 
@@ -107,14 +111,14 @@ class JobInHand:
         self.raw_body = raw_body
         #: The body as the codec decoded it.
         self.body = body
-        self._decision: Request[None] | None = None
+        self._decision: Outcome | None = None
 
     def __repr__(self) -> str:
         return f"<WorkerJob id={self.id} tube={self.tube!r}>"
 
     def delete(self) -> None:
         """Delete the job when the handler returns (what happens anyway on success)."""
-        self._decision = commands.delete(self.id)
+        self._decision = (commands.delete(self.id), "deleted")
 
 
 class WorkerJob(JobInHand):
@@ -137,13 +141,13 @@ class WorkerJob(JobInHand):
         """
         if priority is None:
             priority = self._worker._job_stats(self.id)["pri"]
-        self._decision = commands.release(self.id, priority, delay)
+        self._decision = (commands.release(self.id, priority, delay), "released")
 
     def bury(self, priority: int | None = None) -> None:
         """Bury the job when the handler returns (``priority`` None keeps it)."""
         if priority is None:
             priority = self._worker._job_stats(self.id)["pri"]
-        self._decision = commands.bury(self.id, priority)
+        self._decision = (commands.bury(self.id, priority), "buried")
 
     def touch(self) -> None:
         """Restart the job's TTR now. Raises NotFoundError if the job was lost."""
@@ -152,13 +156,6 @@ class WorkerJob(JobInHand):
 
 
 Handler = Callable[[WorkerJob], object]
-# What finishes a job (its delete, release or bury), and the name of that outcome.
-Outcome = tuple[Request[None], str]
-
-
-def outcome_of(decision: Request[None]) -> str:
-    """The outcome a handler's decision stands for: deleted, released or buried."""
-    return {b"dele": "deleted", b"bury": "buried"}.get(decision[0][:4], "released")
 
 
 HandlerT = TypeVar("HandlerT", bound=Callable[..., object])
@@ -447,10 +444,7 @@ class Worker(WorkerBase[Handler]):
             return self._failed(job)
         finally:
             self._running = None
-        decision = job._decision
-        if decision is None:
-            return commands.delete(job_id), "deleted"
-        return decision, outcome_of(decision)
+        return job._decision or (commands.delete(job_id), "deleted")
 
     def _failed(self, job: WorkerJob) -> Outcome:
         self.counts["failed"] += 1

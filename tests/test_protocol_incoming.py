@@ -8,9 +8,12 @@ import pytest
 
 from greenstalk._protocol.incoming import (
     BAD_FORMAT,
+    NO_CRLF,
+    OVERLONG,
     UNKNOWN_COMMAND,
     Command,
     CommandError,
+    CommandReader,
     Op,
     is_valid_tube_name,
     parse_command,
@@ -199,3 +202,42 @@ def test_beanstalkd_answers_the_same(beanstalkd: BeanstalkdProcess) -> None:
                 assert theirs not in (BAD_FORMAT, UNKNOWN_COMMAND), line
             else:
                 assert theirs == ours, line
+
+
+def _lines(data: bytes, chunk: int) -> list[object]:
+    """Every line the reader finds in ``data`` fed ``chunk`` bytes at a time."""
+    reader = CommandReader()
+    found: list[object] = []
+    for start in range(0, len(data), chunk):
+        reader.feed(data[start : start + chunk])
+        while (line := reader.next_line()) is not None:
+            found.append(line)
+    return found
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 224, 10_000])
+def test_reader_finds_lines_like_beanstalkd(chunk: int) -> None:
+    longest = b"kick " + b"0" * 217  # 222 bytes, 224 with CRLF: the longest line taken
+    assert _lines(b"use a\r\n" + longest + b"\r\nstats\r\n", chunk) == [b"use a", longest, b"stats"]
+    # 225 bytes: dropped, and (its CRLF straddling the 224-byte window) the next line too.
+    assert _lines(b"x" * 223 + b"\r\nuse a\r\nstats\r\n", chunk) == [OVERLONG, b"stats"]
+    # 226 bytes: dropped, then the next line is read.
+    assert _lines(b"x" * 224 + b"\r\nstats\r\n", chunk) == [OVERLONG, b"stats"]
+    # A stray CR hides the line end until 224 bytes are in.
+    assert _lines(b"use a\rb\r\n", chunk) == []
+    assert _lines(b"bare\nlf\r\n", chunk) == [b"bare\nlf"]
+
+
+def test_reader_takes_bodies_and_skips() -> None:
+    reader = CommandReader()
+    reader.feed(b"abc\r")
+    assert reader.take_body(3) is None
+    reader.feed(b"\nxyzw\r\nstats\r\n")
+    assert reader.take_body(3) == b"abc"
+    assert reader.take_body(3) is NO_CRLF  # "xyz" then "w\r": consumed all the same
+    assert reader.next_line() == b"\nstats"  # the "\n" left over starts the next line
+    reader = CommandReader()
+    reader.feed(b"0123456789")
+    assert reader.skip(4) == 4
+    assert reader.skip(100) == 6
+    assert reader.buffered == 0

@@ -312,6 +312,9 @@ MAX_LINE = 224
 OVERLONG = object()
 """What :meth:`CommandReader.next_line` returns for a line that was too long."""
 
+NO_CRLF = object()
+"""What :meth:`CommandReader.take_body` returns for a body not followed by CRLF."""
+
 
 class CommandReader:
     """Splits a connection's incoming bytes into command lines and job bodies.
@@ -365,14 +368,22 @@ class CommandReader:
             self._position = position + MAX_LINE
             self._skipping = True
 
-    def take(self, size: int) -> bytes | None:
-        """Exactly ``size`` bytes (a job body and its CRLF), or None until they have arrived."""
+    def take_body(self, size: int) -> bytes | object | None:
+        """A job body of ``size`` bytes and the CRLF after it, as beanstalkd reads one.
+
+        Returns the body without its CRLF, :data:`NO_CRLF` when the two bytes
+        after it are not CRLF (all ``size + 2`` bytes are consumed either
+        way), or None until they have arrived.
+        """
         position = self._position
-        end = position + size
-        if end > len(self._buffer):
+        end = position + size + 2
+        buffer = self._buffer
+        if end > len(buffer):
             return None
         self._position = end
-        return bytes(self._buffer[position:end])
+        if buffer[end - 2 : end] != b"\r\n":
+            return NO_CRLF
+        return bytes(buffer[position : end - 2])
 
     def skip(self, size: int) -> int:
         """Drop up to ``size`` bytes (an oversized body); returns how many were dropped."""

@@ -19,6 +19,7 @@ from typing import Callable
 from .._protocol import outgoing
 from .._protocol.incoming import (
     BAD_FORMAT,
+    NO_CRLF,
     OVERLONG,
     CommandError,
     CommandReader,
@@ -31,7 +32,7 @@ from .state import SECOND, ServerState, Session, Tube
 
 Send = Callable[[bytes], None]
 _REPLIES_PER_SEND = 64
-# A put waiting for its body: job id, body size with CRLF, priority, delay, TTR.
+# A put waiting for its body: job id, body size, priority, delay, TTR.
 PendingPut = tuple[int, int, int, int, int]
 
 VERSION = "1.12"
@@ -207,21 +208,22 @@ class Connection:
             return BAD_FORMAT
         self.state.set_producer(self.session)
         job_id = self.state.take_id()
-        self._body = (job_id, size + 2, priority, delay, ttr)
+        self._body = (job_id, size, priority, delay, ttr)
         return None
 
     def _finish_put(self, pending: PendingPut) -> bool:
         job_id, size, priority, delay, ttr = pending
-        data = self._reader.take(size)
-        if data is None:
+        body = self._reader.take_body(size)
+        if body is None:
             return False
         self._body = None
-        if data[-2:] != b"\r\n":
+        if body is NO_CRLF:
             self._replies.append(outgoing.EXPECTED_CRLF)
         elif self.state.draining:
             self._replies.append(outgoing.DRAINING)
         else:
-            self.state.put(self.session, job_id, priority, delay, ttr, data[:-2])
+            assert isinstance(body, bytes)
+            self.state.put(self.session, job_id, priority, delay, ttr, body)
             self._replies.append(outgoing.inserted(job_id))
         return True
 
