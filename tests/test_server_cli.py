@@ -17,6 +17,7 @@ import greenstalk
 from greenstalk.server import cli
 from greenstalk.server.binlog import Binlog
 from greenstalk.server.cli import Options, UsageError, main, parse_args
+from greenstalk.server.net import bind_unix
 
 
 @pytest.mark.parametrize(
@@ -108,7 +109,10 @@ def test_main_with_a_locked_binlog(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def _wait_for_socket(path: Path) -> greenstalk.Client[bytes]:
-    """Connect once greenstalkd (started on this process's main thread) listens at ``path``."""
+    """Connect as soon as a greenstalkd just launched listens at ``path``.
+
+    This polls, on purpose: it measures how long the server takes to start.
+    """
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -119,13 +123,17 @@ def _wait_for_socket(path: Path) -> greenstalk.Client[bytes]:
             time.sleep(0.01)
 
 
-def test_main_serves_until_sigterm(tmp_path: Path) -> None:
+def test_main_serves_until_sigterm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """main() on this thread; a second thread uses it, drains it with SIGUSR1, stops it."""
     path = tmp_path / "socket"
+    # Bound before main() runs, so the client's connection waits in the
+    # backlog until the server takes it: no polling for readiness.
+    listener = bind_unix(str(path))
+    monkeypatch.setattr(cli, "listening_socket", lambda options: listener)
     seen: dict[str, object] = {}
 
     def use_the_server() -> None:
-        with _wait_for_socket(path) as client:
+        with greenstalk.Client(str(path), socket_timeout=10) as client:
             seen["id"] = client.put(b"hello")
             os.kill(os.getpid(), signal.SIGUSR1)
             while client.stats()["draining"] != "true":
