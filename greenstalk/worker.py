@@ -231,7 +231,10 @@ class WorkerBase(Generic[HandlerT]):
     def stop(self, cold: bool = False) -> None:
         """Ask the worker to stop: after the current job, or at once when ``cold``.
 
-        Safe from signal handlers and other threads.
+        A cold stop while a handler runs gives its job back and ends the
+        process (status 128 + the last stop signal's number, 143 without
+        one), since a running handler cannot be interrupted otherwise. Safe
+        from signal handlers and other threads.
         """
         self._stop_requests = max(self._stop_requests + 1, 2 if cold else 1)
 
