@@ -33,7 +33,7 @@ from ._protocol.errors import (
     TimedOutError,
 )
 from .aio import Client
-from .worker import EXIT_OK, JobInHand, Outcome, WorkerBase, logger
+from .worker import EXIT_OK, JOB_GONE, JobInHand, Outcome, WorkerBase, logger
 
 # How long to pause between non-waiting reserves that found nothing while
 # handlers run, in seconds.
@@ -283,6 +283,8 @@ class Worker(WorkerBase[Handler]):
             finish, outcome = await self._run_handler(client, job_id, tube, raw_body)
         except ClientConnectionError as error:
             logger.warning("job %d: connection lost while handling it (%s)", job_id, error)
+        except NotFoundError:
+            logger.warning(JOB_GONE, job_id)
         else:
             if client is self._client:
                 self._finishes.append((job_id, finish, outcome))

@@ -58,6 +58,10 @@ logger = logging.getLogger("greenstalk.worker")
 # How often the watchdog looks at the running handler, in seconds.
 _WATCH_PERIOD = 0.1
 
+# Logged when the server no longer knows a job the worker is finishing: its
+# TTR ran out and another consumer took and deleted it, say.
+JOB_GONE = "job %d is gone from the server (did its TTR run out?); nothing to acknowledge"
+
 EXIT_OK = 0
 """:meth:`Worker.run` returns this after a warm stop or a finished burst."""
 
@@ -404,6 +408,9 @@ class Worker(WorkerBase[Handler]):
                 finish, outcome = self._handle(client, job_id, raw_body, single_tube)
             except ClientConnectionError as error:
                 self._lost(error)
+                finish = None
+            except NotFoundError:
+                logger.warning(JOB_GONE, job_id)
                 finish = None
 
     def _send_finish(self, client: Client[bytes], finish: Request[None], outcome: str) -> None:

@@ -295,3 +295,23 @@ def test_signals(
                 client.peek(job_id)
         else:
             assert client.stats_job(job_id)["state"] == "ready"
+
+
+def test_a_job_gone_from_the_server_is_not_acknowledged(
+    address: greenstalk.Address, make_sync_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = make_sync_client()
+    job_id = client.put(b"x", ttr=1)
+    later = client.put(b"y")
+
+    async def handle(job: WorkerJob) -> None:
+        if job.id == job_id:
+            await asyncio.sleep(3)  # quietly: beanstalkd 1.12 runs its timers only when idle
+            await asyncio.get_running_loop().run_in_executor(None, client.delete, job_id)
+            raise RuntimeError("too late")
+
+    worker = worker_for(address, handlers={"default": handle}, auto_touch=False)
+    assert run(worker.run(burst=True)) == 0
+    assert f"job {job_id} is gone from the server" in caplog.text
+    with pytest.raises(greenstalk.NotFoundError):
+        client.peek(later)

@@ -380,3 +380,29 @@ def test_codecs_round_trip() -> None:
     assert greenstalk.worker.BytesCodec().encode(b"x") == b"x"
     assert json.loads(codec.encode("é")) == "é"
     assert os.fspath(Path("x")) == "x"
+
+
+def test_a_job_gone_from_the_server_is_not_acknowledged(
+    address: greenstalk.Address, make_sync_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The job's TTR runs out, someone else deletes it, then the handler fails: the worker
+    says so and carries on."""
+    client = make_sync_client()
+    other = make_sync_client()
+    job_id = client.put(b"x", ttr=1)
+    later = client.put(b"y")
+    seen: list[bytes] = []
+
+    def handle(job: WorkerJob) -> None:
+        seen.append(job.body)
+        if job.id == job_id:
+            time.sleep(3)  # quietly: beanstalkd 1.12 runs its timers only when idle
+            other.delete(job_id)
+            raise RuntimeError("too late")
+
+    worker = worker_for(address, handlers={"default": handle}, auto_touch=False)
+    assert worker.run(burst=True) == 0
+    assert seen == [b"x", b"y"]
+    assert f"job {job_id} is gone from the server" in caplog.text
+    with pytest.raises(greenstalk.NotFoundError):
+        client.peek(later)
