@@ -137,24 +137,20 @@ def find_beanstalkd() -> str:
 def _listen(
     address: ServerAddress | None, unix: bool, stack: contextlib.ExitStack
 ) -> socket.socket:
+    # The listeners greenstalkd makes for itself, with beanstalkd's options:
+    # accepted connections inherit TCP_NODELAY, without which beanstalkd's
+    # many small replies to pipelined commands stall on Nagle's algorithm.
+    from .server.net import bind_tcp, bind_unix
+
     if isinstance(address, str) or (address is None and unix):
         if address is None:
             directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="greenstalk-"))
             address = os.path.join(directory, "socket")
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(address)
+        listener = bind_unix(address)
         stack.callback(os.unlink, address)
-    else:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        # beanstalkd sets these on the listeners it makes; accepted
-        # connections inherit them. Without TCP_NODELAY its many small
-        # replies to pipelined commands stall on Nagle's algorithm.
-        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(address or ("127.0.0.1", 0))
-    listener.listen(1024)
-    return listener
+        return listener
+    host, port = address or ("127.0.0.1", 0)
+    return bind_tcp(host, port)
 
 
 @contextlib.contextmanager
