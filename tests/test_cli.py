@@ -19,14 +19,10 @@ from typing import Any, Callable
 import pytest
 
 import greenstalk
-from greenstalk.cli import main
+from greenstalk.cli import _top, main
 from greenstalk.testing import run_server
 
 from .conftest import StartServer
-
-pytest.importorskip("click")
-pytest.importorskip("rich")
-_top = pytest.importorskip("greenstalk.cli._top")
 
 SCRIPT = Path(sys.executable).parent / "greenstalk"
 
@@ -709,8 +705,7 @@ def test_python_m_greenstalk(address: greenstalk.Address) -> None:
 
 
 def test_the_console_script(tmp_path: Path) -> None:
-    if not SCRIPT.exists():
-        pytest.skip("the greenstalk script is not installed (pip install -e .)")
+    assert SCRIPT.exists(), "the greenstalk script is not installed (pip install -e .)"
     path = tmp_path / "lines"
     path.write_text("a\nb\nc\n")
     with run_server("greenstalkd", unix=True) as server:

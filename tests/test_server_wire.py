@@ -13,7 +13,7 @@ close the connection. When the script ends, every connection still open is
 half-closed (``shutdown(SHUT_WR)``) and read until the server closes it, so
 whatever a server still had to say is compared too, without any fixed sleep.
 
-These tests need the real beanstalkd; they are skipped without it.
+These tests need the real beanstalkd, which the test set-up installs.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import contextlib
 import gc
 import os
 import random
-import shutil
 import socket
 import threading
 import time
@@ -38,10 +37,6 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from greenstalk.testing import ServerAddress, ServerProcess, run_server
-
-pytestmark = pytest.mark.skipif(
-    shutil.which("beanstalkd") is None, reason="the differential tests need beanstalkd"
-)
 
 # How long to wait for a reply that a script expects (or for a close).
 READ_TIMEOUT = 3.0
