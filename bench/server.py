@@ -7,10 +7,11 @@ Run from the repository root::
     .venv/bin/python bench/server.py --rounds 9 --skip-memory
 
 Each server runs as a process of its own pinned to CPU 0 (greenstalkd as
-``python -m greenstalk.server``); the load comes from a raw-socket client
-pinned to CPU 1, so client cost is the same for both and as small as
-possible. For each case the figure is the median over interleaved rounds
-(round 1: beanstalkd, greenstalkd; round 2: ...), each on a fresh server.
+``python -m greenstalk.server``); the load comes from bare sockets driven
+by greenstalk's protocol core (no client library around it) pinned to
+CPU 1, so client cost is the same for both and small. For each case the
+figure is the median over interleaved rounds (round 1: beanstalkd,
+greenstalkd; round 2: ...), each on a fresh server.
 
 Cases:
 
@@ -35,8 +36,13 @@ import socket
 import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from typing import Any
 
+from greenstalk._protocol import commands
+from greenstalk._protocol.commands import Request
+from greenstalk._protocol.responses import Reply, ReplyReader
 from greenstalk.testing import ServerProcess, run_server
 
 SERVER_CPU = 0
@@ -45,119 +51,112 @@ BODY = b"x" * 100
 SERVERS = ("beanstalkd", "greenstalkd")
 
 
-def put_command(body: bytes = BODY) -> bytes:
-    return b"put 0 0 60 %d\r\n%b\r\n" % (len(body), body)
+PUT = commands.put(BODY, 0, 0, 60)
+RESERVE_NOW = commands.reserve(0)
 
 
-def connect(address: tuple[str, int]) -> socket.socket:
-    sock = socket.create_connection(address)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+class Peer:
+    """A bare connection: commands formatted and replies parsed by greenstalk's protocol core."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.sock = socket.create_connection(address)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = ReplyReader()
+        self.replies: deque[Reply] = deque()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def read(self) -> None:
+        """Read once from the socket, keeping the replies that are complete."""
+        # 64 KiB: a larger recv buffer is mmapped and unmapped on every call.
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        self.replies.extend(self.reader.receive(data))
+
+    def ask(self, *requests: Request[Any]) -> list[Any]:
+        """Send the requests in one write; return their results in order."""
+        self.sock.sendall(b"".join(data for data, _ in requests))
+        while len(self.replies) < len(requests):
+            self.read()
+        return [parse(self.replies.popleft()) for _, parse in requests]
 
 
-def pipelined_puts(sock: socket.socket, count: int) -> None:
+def pipelined_puts(peer: Peer, count: int) -> None:
     """Send ``count`` puts from a thread while reading every INSERTED reply."""
-    data = put_command() * count
+    data = PUT[0] * count
 
     def send() -> None:
         view = memoryview(data)
         for start in range(0, len(view), 65536):
-            sock.sendall(view[start : start + 65536])
+            peer.sock.sendall(view[start : start + 65536])
 
     sender = threading.Thread(target=send)
     sender.start()
-    lines = 0
-    while lines < count:
-        chunk = sock.recv(262144)
-        if not chunk:
-            raise ConnectionError("the server closed the connection")
-        lines += chunk.count(b"\r\n")
+    parse = PUT[1]
+    done = 0
+    while done < count:
+        peer.read()
+        while peer.replies:
+            parse(peer.replies.popleft())
+            done += 1
     sender.join()
 
 
-def read_until(sock: socket.socket, buffer: bytearray, needed: Callable[[bytearray], bool]) -> None:
-    while not needed(buffer):
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("the server closed the connection")
-        buffer += chunk
-
-
 def measure_put(address: tuple[str, int], count: int) -> float:
-    with connect(address) as sock:
+    peer = Peer(address)
+    try:
         started = time.perf_counter()
-        pipelined_puts(sock, count)
+        pipelined_puts(peer, count)
         return count / (time.perf_counter() - started)
-
-
-def _take_reserved(sock: socket.socket, buffer: bytearray) -> int:
-    """Read one RESERVED reply with its body from ``buffer``/``sock``; returns the job id."""
-    read_until(sock, buffer, lambda b: b"\r\n" in b)
-    end = buffer.index(b"\r\n")
-    words = bytes(buffer[:end]).split()
-    if words[0] != b"RESERVED":
-        raise RuntimeError(f"expected RESERVED, got {bytes(buffer[:end])!r}")
-    total = end + 2 + int(words[2]) + 2
-    read_until(sock, buffer, lambda b: len(b) >= total)
-    del buffer[:total]
-    return int(words[1])
+    finally:
+        peer.close()
 
 
 def measure_reserve_delete(address: tuple[str, int], count: int) -> float:
-    with connect(address) as sock:
-        pipelined_puts(sock, count)
-        buffer = bytearray()
+    peer = Peer(address)
+    try:
+        pipelined_puts(peer, count)
         started = time.perf_counter()
-        sock.sendall(b"reserve-with-timeout 0\r\n")
-        job_id = _take_reserved(sock, buffer)
+        (job,) = peer.ask(RESERVE_NOW)
         for _ in range(count - 1):
-            sock.sendall(b"delete %d\r\nreserve-with-timeout 0\r\n" % job_id)
-            read_until(sock, buffer, lambda b: b.startswith(b"DELETED\r\n"))
-            del buffer[:9]
-            job_id = _take_reserved(sock, buffer)
-        sock.sendall(b"delete %d\r\n" % job_id)
-        read_until(sock, buffer, lambda b: b == b"DELETED\r\n")
+            _, job = peer.ask(commands.delete(job[0]), RESERVE_NOW)
+        peer.ask(commands.delete(job[0]))
         return count / (time.perf_counter() - started)
+    finally:
+        peer.close()
 
 
 class _Cycler:
     """One connection cycling put, reserve, delete, one command in flight."""
 
-    def __init__(self, sock: socket.socket, jobs: int) -> None:
-        self.sock = sock
-        self.buffer = bytearray()
+    def __init__(self, peer: Peer, jobs: int) -> None:
+        self.peer = peer
         self.left = jobs
-        self.step = "put"
+        self.pending: Request[Any] = PUT
 
-    def start(self) -> None:
-        self.sock.sendall(put_command())
+    def send(self, request: Request[Any]) -> None:
+        self.pending = request
+        self.peer.sock.sendall(request[0])
 
     def on_readable(self) -> bool:
         """Read, and send the next command once a reply is complete; False when done."""
-        buffer = self.buffer
-        buffer += self.sock.recv(65536)
-        end = buffer.find(b"\r\n")
-        if end < 0:
+        peer = self.peer
+        peer.read()
+        if not peer.replies:
             return True
-        if self.step == "reserve":
-            words = bytes(buffer[:end]).split()
-            total = end + 2 + int(words[2]) + 2
-            if len(buffer) < total:
-                return True
-            del buffer[:total]
-            self.sock.sendall(b"delete %d\r\n" % int(words[1]))
-            self.step = "delete"
-            return True
-        del buffer[: end + 2]
-        if self.step == "put":
-            self.sock.sendall(b"reserve-with-timeout 0\r\n")
-            self.step = "reserve"
-            return True
-        self.left -= 1
-        if not self.left:
-            return False
-        self.sock.sendall(put_command())
-        self.step = "put"
+        request = self.pending
+        result = request[1](peer.replies.popleft())
+        if request is PUT:
+            self.send(RESERVE_NOW)
+        elif request is RESERVE_NOW:
+            self.send(commands.delete(result[0]))
+        else:
+            self.left -= 1
+            if not self.left:
+                return False
+            self.send(PUT)
         return True
 
 
@@ -167,25 +166,25 @@ def measure_connections(address: tuple[str, int], count: int, connections: int =
     cyclers = {}
     with selectors.DefaultSelector() as selector:
         for index in range(connections):
-            sock = connect(address)
+            peer = Peer(address)
             # Each connection works in a tube of its own, so it reserves its own job.
-            sock.sendall(b"use t%d\r\nwatch t%d\r\nignore default\r\n" % (index, index))
-            read_until(sock, bytearray(), lambda b: b.count(b"\r\n") >= 3)
-            cyclers[sock.fileno()] = _Cycler(sock, per_connection)
-            selector.register(sock, selectors.EVENT_READ)
+            tube = f"t{index}"
+            peer.ask(commands.use(tube), commands.watch(tube), commands.ignore("default"))
+            cyclers[peer.sock.fileno()] = _Cycler(peer, per_connection)
+            selector.register(peer.sock, selectors.EVENT_READ)
         started = time.perf_counter()
         for cycler in cyclers.values():
-            cycler.start()
+            cycler.send(PUT)
         remaining = connections
         while remaining:
             for key, _ in selector.select():
                 cycler = cyclers[key.fd]
                 if not cycler.on_readable():
-                    selector.unregister(cycler.sock)
+                    selector.unregister(cycler.peer.sock)
                     remaining -= 1
         elapsed = time.perf_counter() - started
     for cycler in cyclers.values():
-        cycler.sock.close()
+        cycler.peer.close()
     return per_connection * connections / elapsed
 
 
@@ -199,14 +198,15 @@ def resident_kib(pid: int) -> int:
 
 def measure_memory(address: tuple[str, int], pid: int, count: int) -> tuple[int, int]:
     before = resident_kib(pid)
-    with connect(address) as sock:
+    peer = Peer(address)
+    try:
         for start in range(0, count, 100_000):
-            pipelined_puts(sock, min(100_000, count - start))
-        sock.sendall(b"stats\r\n")
-        buffer = bytearray()
-        read_until(sock, buffer, lambda b: b.endswith(b"\r\n") and b.count(b"\r\n") >= 2)
-        if b"current-jobs-ready: %d\n" % count not in buffer:
+            pipelined_puts(peer, min(100_000, count - start))
+        (stats,) = peer.ask(commands.stats())
+        if stats["current-jobs-ready"] != count:
             raise RuntimeError("the server does not hold every job")
+    finally:
+        peer.close()
     return before, resident_kib(pid)
 
 
