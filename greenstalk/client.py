@@ -8,7 +8,7 @@ import ssl as _ssl
 from collections import deque
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Callable, NoReturn, cast, overload
+from typing import Any, Callable, NoReturn, cast, overload
 
 from ._base import (
     DEFAULT_DELAY,
@@ -275,38 +275,27 @@ class Client(ClientBase[TBody]):
         DeadlineSoonError). This is the worker's step: one round trip a job.
         Raises ClientConnectionError as the other commands do.
         """
-        reserve_data, parse_reserved = commands.reserve(timeout)
-        if finish is None:
-            data, wanted = reserve_data, 1
-        else:
-            data, wanted = finish[0] + reserve_data, 2
+        reserve = commands.reserve(timeout)
+        requests = [reserve] if finish is None else [finish, reserve]
         sock = self._live_socket()
         try:
             if self._timeout is not None:
                 sock.settimeout(timeout + self._timeout)
-            sock.sendall(data)
+            sock.sendall(b"".join(data for data, _ in requests))
             replies = self._reader.receive(sock.recv(_RECEIVE_SIZE))
-            if len(replies) != wanted:
-                self._receive(sock, replies, wanted, wanted)
+            if len(replies) != len(requests):
+                self._receive(sock, replies, len(requests), len(requests))
             if not self._reader.drained:
                 raise ProtocolError("the server sent bytes that answer no command")
             if self._timeout is not None:
                 sock.settimeout(self._timeout)
+            results: list[Any] = results_of(replies, [parse for _, parse in requests])
         except (OSError, ProtocolError) as error:
             self._fail(error)
         except BaseException:
             self._abort("interrupted while waiting for a reply")
             raise
-        finished: BeanstalkdError | None = None
-        if finish is not None:
-            try:
-                finish[1](replies[0])
-            except BeanstalkdError as error:
-                finished = error
-        try:
-            return finished, parse_reserved(replies[-1])
-        except BeanstalkdError as error:
-            return finished, error
+        return (results[0] if finish is not None else None), results[-1]
 
     # BEGIN COMMANDS (scripts/generate_aio.py copies these into greenstalk/aio.py)
 

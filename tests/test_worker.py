@@ -406,3 +406,25 @@ def test_a_job_gone_from_the_server_is_not_acknowledged(
     assert f"job {job_id} is gone from the server" in caplog.text
     with pytest.raises(greenstalk.NotFoundError):
         client.peek(later)
+
+
+def test_a_garbled_reply_drops_the_connection_not_the_worker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A reply that answers nothing closes the connection; the worker reconnects, then stops."""
+    from .fakeserver import Expect, FakeServer, Send, Step
+
+    script: list[Step] = [
+        Expect(b"reserve-with-timeout 1\r\n"),
+        Send(b"RESERVED 1 1\r\nx\r\n"),
+        Expect(b"delete 1\r\nreserve-with-timeout 1\r\n"),
+        Send(b"DELETED\r\nINSERTED 5\r\n"),  # an answer, but not to a reserve
+    ]
+    seen: list[bytes] = []
+    with FakeServer(script) as server:
+        worker = Worker(server.address, handlers={"default": lambda job: seen.append(job.body)},
+                        socket_timeout=1, reconnect_base=0.01)
+        threading.Timer(0.5, worker.stop).start()
+        assert worker.run() == 0
+    assert seen == [b"x"]
+    assert "connection to the server lost" in caplog.text

@@ -114,9 +114,11 @@ class _Client:
                 return
             if sent < len(data):
                 self._output += data[sent:]
-        if len(self._output) > _MAX_BUFFERED:
-            self.connection.blocked = True
-        self._update_mask()
+        # All sent (the usual case): nothing to watch for that was not watched before.
+        if self._output:
+            if len(self._output) > _MAX_BUFFERED:
+                self.connection.blocked = True
+            self._update_mask()
 
     def _resume_soon(self) -> None:
         self._server.pending.append(self)
