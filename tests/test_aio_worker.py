@@ -131,6 +131,7 @@ def test_auto_touch_keeps_a_slow_job(
         await asyncio.sleep(3.5)
 
     run(worker_for(address, handlers={"default": slow}).run(burst=True))
+    assert client.stats()["cmd-touch"] >= 2
     assert client.stats()["job-timeouts"] == 0
     assert client.stats()["current-jobs-ready"] == 0
 
