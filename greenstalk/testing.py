@@ -34,6 +34,9 @@ _ACTIVATE = (
     'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"'
 )
 
+# Seconds a stopping server gets before it is killed or reported stuck.
+_STOP_GRACE = 10
+
 
 SERVERS = ("greenstalkd", "beanstalkd")
 """The servers :func:`run_server` can start."""
@@ -80,13 +83,22 @@ class ServerProcess:
                 pass
 
     def stop(self) -> None:
-        """Stop the server (SIGTERM for a process) and wait until it has exited."""
+        """Stop the server (SIGTERM for a process) and wait until it has exited.
+
+        A process still running 10 seconds after SIGTERM (one that inherited
+        SIGTERM as ignored, say) is killed. Raises RuntimeError if an
+        in-process server's thread does not end within 10 seconds.
+        """
         if self._thread is not None:
             self._thread.stop()
             return
         assert self.process is not None
         if self.process.poll() is None:
             self.process.terminate()
+            try:
+                self.process.wait(_STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
         self.process.wait()
         if self.process.stderr is not None:
             self.process.stderr.close()
@@ -120,7 +132,9 @@ class _ServerThread:
     def stop(self) -> None:
         if self._thread.is_alive():
             self.server.stop()
-            self._thread.join()
+            self._thread.join(_STOP_GRACE)
+            if self._thread.is_alive():
+                raise RuntimeError("greenstalkd's thread did not stop")
             self.server.close()
             if self._binlog is not None:
                 self._binlog.close()

@@ -188,18 +188,23 @@ def test_delayed_job_becomes_ready_after_its_delay(client: Client[bytes]) -> Non
     assert time.monotonic() - started > 0.5
 
 
-def test_ttr_expiry_hands_the_job_to_another_consumer(make_client: MakeClient) -> None:
+def test_ttr_expiry_hands_the_job_to_another_consumer(
+    make_client: MakeClient, server_kind: str
+) -> None:
     first = make_client()
     second = make_client()
     job_id = first.put(b"slow", ttr=1)
     assert first.reserve().id == job_id
-    # A reserve without a timeout: beanstalkd 1.12 sometimes misses a TTR
-    # expiry while another connection waits with a timeout (its issues #262
-    # and #380). The thread is bounded: closing the client ends its wait.
+    # The thread is bounded: closing the client ends its wait.
     reserved: list[greenstalk.Job[bytes]] = []
     waiter = threading.Thread(target=lambda: reserved.append(second.reserve()), daemon=True)
     waiter.start()
-    waiter.join(10)
+    waiter.join(4)
+    if not reserved and server_kind == "beanstalkd":
+        # beanstalkd 1.12 can lose track of the holder's TTR until that
+        # connection sends another command (docs/server.rst).
+        first.stats()
+    waiter.join(6)
     assert reserved, "the job did not come back after its TTR"
     job = reserved[0]
     assert job.id == job_id

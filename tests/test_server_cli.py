@@ -182,9 +182,14 @@ def test_the_server_starts_quickly(tmp_path: Path) -> None:
         elapsed = time.monotonic() - started
     finally:
         process.terminate()
-        process.wait()
-        assert process.stderr is not None
-        process.stderr.close()
+        try:
+            process.wait(10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            assert process.stderr is not None
+            process.stderr.close()
     assert process.returncode == 0
     # Generous for a loaded CI machine; here it is about 60 ms.
     assert elapsed < 2

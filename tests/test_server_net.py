@@ -189,3 +189,29 @@ def _close_taken() -> Iterator[None]:
     if _taken is not None:
         _taken.close()
         _taken = None
+
+
+def test_every_ttr_runs_out_on_time_with_many_holders() -> None:
+    """Thirty connections hold a job each while thirty others wait for one.
+
+    beanstalkd 1.12 loses most of these TTRs (docs/server.rst); greenstalkd
+    must hand every job on about a second after it was reserved.
+    """
+    pairs = 30
+    with greenstalkd() as server, contextlib.ExitStack() as stack:
+        address = address_of(server)
+        holders, waiters = [], []
+        for number in range(pairs):
+            tube = f"t{number}"
+            holder = stack.enter_context(greenstalk.Client(address, use=tube, watch=tube))
+            holder.put(b"x", ttr=1)
+            holders.append(holder.reserve(timeout=0).id)
+            waiter = raw(address)
+            stack.callback(waiter.close)
+            waiter.sendall(b"watch %b\r\nreserve-with-timeout 4\r\n" % tube.encode())
+            waiters.append(waiter)
+        started = time.monotonic()
+        for job_id, waiter in zip(holders, waiters):
+            expected = b"WATCHING 2\r\nRESERVED %d 1\r\nx\r\n" % job_id
+            assert read_exactly(waiter, len(expected)) == expected
+        assert time.monotonic() - started < 3

@@ -385,7 +385,10 @@ def test_codecs_round_trip() -> None:
 
 
 def test_a_job_gone_from_the_server_is_not_acknowledged(
-    address: greenstalk.Address, make_sync_client: MakeClient, caplog: pytest.LogCaptureFixture
+    address: greenstalk.Address,
+    make_sync_client: MakeClient,
+    caplog: pytest.LogCaptureFixture,
+    server_kind: str,
 ) -> None:
     """The job's TTR runs out, someone else deletes it, then the handler fails: the worker
     says so and carries on."""
@@ -398,7 +401,12 @@ def test_a_job_gone_from_the_server_is_not_acknowledged(
     def handle(job: WorkerJob) -> None:
         seen.append(job.body)
         if job.id == job_id:
-            time.sleep(3)  # quietly: beanstalkd 1.12 runs its timers only when idle
+            time.sleep(2)
+            if server_kind == "beanstalkd" and other.stats_job(job_id)["state"] == "reserved":
+                # beanstalkd 1.12 can lose track of a TTR until the holder's
+                # connection sends a command (docs/server.rst): a touch does.
+                job.touch()
+                time.sleep(2)
             other.delete(job_id)
             raise RuntimeError("too late")
 
