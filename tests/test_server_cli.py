@@ -131,6 +131,7 @@ def test_main_serves_until_sigterm(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     listener = bind_unix(str(path))
     monkeypatch.setattr(cli, "listening_socket", lambda options: listener)
     seen: dict[str, object] = {}
+    stopped = threading.Event()
 
     def use_the_server() -> None:
         with greenstalk.Client(str(path), socket_timeout=10) as client:
@@ -142,13 +143,19 @@ def test_main_serves_until_sigterm(tmp_path: Path, monkeypatch: pytest.MonkeyPat
                 client.put(b"refused")
             except greenstalk.DrainingError:
                 seen["draining"] = True
-        os.kill(os.getpid(), signal.SIGTERM)
+            # Handed to this thread, not to the one that polls, while the
+            # server has nothing else to wake it: it must still stop.
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+            if not stopped.wait(5):
+                seen["stuck"] = True
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
 
     thread = threading.Thread(target=use_the_server)
     thread.start()
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
     try:
-        code = main(["-V", "-l", f"unix:{path}", "-b", str(tmp_path / "log")])
+        code = main(["-V", "-l", f"unix:{path}"])
+        stopped.set()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -214,16 +214,19 @@ def serve(options: Options, sock: socket.socket, log: TextIO = sys.stderr) -> No
     state, info, binlog = make_state(options, log)
     server = Server(state, info, binlog)
     server.listen(sock)
-    # The handlers run on this thread between two steps of the loop; stop()
-    # also wakes the loop from its poll.
+    # The handlers run on this thread between two steps of the loop. A signal
+    # that the kernel hands to another thread of this process must still end
+    # the poll, hence the wake-up descriptor.
     signal.signal(signal.SIGUSR1, lambda signum, frame: state.enter_drain_mode())
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, frame: server.stop())
+    previous_wakeup_fd = signal.set_wakeup_fd(server.wakeup_fd(), warn_on_full_buffer=False)
     if options.verbosity:
         print(f"greenstalkd: listening on {sock.getsockname()!r}", file=log)
     try:
         server.run()
     finally:
+        signal.set_wakeup_fd(previous_wakeup_fd)
         server.close()
         if binlog is not None:
             binlog.close()

@@ -269,6 +269,10 @@ class Server:
         self._stopping = True
         self._wake()
 
+    def wakeup_fd(self) -> int:
+        """A descriptor whose every write wakes :meth:`run` (for :func:`signal.set_wakeup_fd`)."""
+        return self._wake_writer.fileno()
+
     def call_soon_threadsafe(self, function: Callable[[], object]) -> None:
         """Run ``function`` on the server's thread, soon."""
         self._calls.append(function)
