@@ -580,9 +580,6 @@ class Client(ClientBase[TBody]):
             raise result
         return cast(T, result)
 
-    # The waiting reserve's way to give the server more time than socket_timeout.
-    _run_waiting = _run
-
     async def _pipeline(self, requests: Iterable[Request[T]]) -> list[T | BeanstalkdError]:
         """Send many commands, a batch at a time, and return their results in order.
 
@@ -717,8 +714,8 @@ class Client(ClientBase[TBody]):
         if self._timeout is None:
             return self._job(await self._run(request))
         if timeout is None or timeout > commands.RESERVE_TIMEOUT_MAX:
-            return self._job(await self._run_waiting(request, None))
-        return self._job(await self._run_waiting(request, timeout + self._timeout))
+            return self._job(await self._run(request, None))
+        return self._job(await self._run(request, timeout + self._timeout))
 
     async def reserve_job(self, job: JobOrID) -> Job[TBody]:
         """Reserve a specific job, in any tube and in any state except reserved.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl as _ssl
+import struct
+import sys
 from collections import deque
 from collections.abc import Iterable
 from types import TracebackType
@@ -39,6 +41,8 @@ from ._protocol.responses import Reply, ReplyReader
 from ._protocol.stats import Stats, StatsJob, StatsTube
 
 _RECEIVE_SIZE = 65536
+# _run's "the usual socket timeout" (no real bound is negative).
+_USUAL = -1.0
 # put_many keeps at most two batches of unread replies in flight: few enough
 # that the replies always fit in the socket buffers (so neither side blocks
 # on a full buffer while the other waits), enough to keep the server busy.
@@ -105,10 +109,28 @@ class Client(ClientBase[TBody]):
     ) -> None:
         super().__init__(address, encoding, use, watch)
         self._reader = ReplyReader()
-        self._socket: socket.socket | None = _connect(
-            address, socket_timeout, socket_connect_timeout, ssl
+        sock = _connect(address, socket_timeout, socket_connect_timeout, ssl)
+        self._socket: socket.socket | None = sock
+        #: The bound on each wait for the usual command.
+        self._timeout = sock.gettimeout()
+        #: The bound the socket applies now; a reserve may lengthen it.
+        self._bound = self._timeout
+        #: Whether the kernel keeps the bound (a blocking socket with
+        #: SO_RCVTIMEO): Python's own timeouts cost a poll() before every
+        #: send and receive. Sockets handed in keep the mode they came with.
+        self._kernel_bound = (
+            _KERNEL_TIMEOUTS
+            and not isinstance(address, socket.socket)
+            and not isinstance(sock, _ssl.SSLSocket)
+            and self._timeout is not None
         )
-        self._timeout = self._socket.gettimeout()
+        if self._kernel_bound:
+            try:
+                sock.settimeout(None)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(self._timeout))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(self._timeout))
+            except OSError as error:
+                self._fail(error)
         if self._setup:
             try:
                 self._check_setup(self._pipeline(self._setup))
@@ -156,9 +178,10 @@ class Client(ClientBase[TBody]):
         if isinstance(error, ClientConnectionError):
             self._abort(str(error))
             raise error
-        if isinstance(error, socket.timeout):
+        if isinstance(error, (socket.timeout, BlockingIOError)):
+            # BlockingIOError: a kernel-kept bound (SO_RCVTIMEO) ran out.
             failure: ClientConnectionError = ClientTimeoutError(
-                f"the server did not answer in time ({error}); connection closed"
+                "the server did not answer in time (timed out); connection closed"
             )
         else:
             failure = ClientConnectionError(f"connection to the server failed: {error}")
@@ -190,13 +213,31 @@ class Client(ClientBase[TBody]):
         if len(replies) > sent:
             raise ProtocolError("the server sent a reply to no command")
 
-    def _run(self, request: Request[T]) -> T:
-        """Send one command and return its parsed reply."""
+    def _set_bound(self, sock: socket.socket, bound: float | None) -> None:
+        """Make each wait on ``sock`` give up after ``bound`` seconds (None: never).
+
+        Raises OSError when the socket refuses.
+        """
+        if self._kernel_bound:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(bound))
+        else:
+            sock.settimeout(bound)
+        self._bound = bound
+
+    def _run(self, request: Request[T], bound: float | None = _USUAL) -> T:
+        """Send one command and return its parsed reply.
+
+        ``bound`` replaces the socket timeout for this reply (a reserve's wait).
+        """
         data, parse = request
         sock = self._socket
         if sock is None:
             sock = self._live_socket()
+        if bound == _USUAL:
+            bound = self._timeout
         try:
+            if bound != self._bound:
+                self._set_bound(sock, bound)
             sock.sendall(data)
             replies = self._reader.receive(sock.recv(_RECEIVE_SIZE))
             if len(replies) != 1:
@@ -214,17 +255,6 @@ class Client(ClientBase[TBody]):
             self._abort("interrupted while waiting for a reply")
             raise
 
-    def _run_waiting(self, request: Request[T], wait: float | None) -> T:
-        """Like :meth:`_run`, with the socket timeout set to ``wait`` for this reply."""
-        sock = self._live_socket()
-        try:
-            sock.settimeout(wait)
-            result = self._run(request)
-        finally:
-            if self._socket is not None:
-                sock.settimeout(self._timeout)
-        return result
-
     def _pipeline(self, requests: Iterable[Request[T]]) -> list[T | BeanstalkdError]:
         """Send many commands without waiting for each reply; return their results in order.
 
@@ -239,6 +269,8 @@ class Client(ClientBase[TBody]):
         sent = 0
         pending = iter(requests)
         try:
+            if self._bound != self._timeout:
+                self._set_bound(sock, self._timeout)
             while True:
                 batch: list[bytes] = []
                 size = 0
@@ -278,17 +310,16 @@ class Client(ClientBase[TBody]):
         reserve = commands.reserve(timeout)
         requests = [reserve] if finish is None else [finish, reserve]
         sock = self._live_socket()
+        bound = None if self._timeout is None else timeout + self._timeout
         try:
-            if self._timeout is not None:
-                sock.settimeout(timeout + self._timeout)
+            if bound != self._bound:
+                self._set_bound(sock, bound)
             sock.sendall(b"".join(data for data, _ in requests))
             replies = self._reader.receive(sock.recv(_RECEIVE_SIZE))
             if len(replies) != len(requests):
                 self._receive(sock, replies, len(requests), len(requests))
             if not self._reader.drained:
                 raise ProtocolError("the server sent bytes that answer no command")
-            if self._timeout is not None:
-                sock.settimeout(self._timeout)
             results: list[Any] = results_of(replies, [parse for _, parse in requests])
         except (OSError, ProtocolError) as error:
             self._fail(error)
@@ -371,8 +402,8 @@ class Client(ClientBase[TBody]):
         if self._timeout is None:
             return self._job(self._run(request))
         if timeout is None or timeout > commands.RESERVE_TIMEOUT_MAX:
-            return self._job(self._run_waiting(request, None))
-        return self._job(self._run_waiting(request, timeout + self._timeout))
+            return self._job(self._run(request, None))
+        return self._job(self._run(request, timeout + self._timeout))
 
     def reserve_job(self, job: JobOrID) -> Job[TBody]:
         """Reserve a specific job, in any tube and in any state except reserved.
@@ -495,6 +526,21 @@ class Client(ClientBase[TBody]):
         self._run(commands.pause_tube(tube, delay))
 
     # END COMMANDS
+
+
+# A blocking socket with kernel-kept timeouts (see Client._kernel_bound);
+# elsewhere SO_RCVTIMEO's argument is not always a struct timeval.
+_KERNEL_TIMEOUTS = sys.platform == "linux"
+
+
+def _timeval(seconds: float | None) -> bytes:
+    """``seconds`` as the struct timeval SO_RCVTIMEO takes; None (no limit) is zero."""
+    if seconds is None:
+        return struct.pack("@ll", 0, 0)
+    whole = int(seconds)
+    # Zero would mean no limit at all: the shortest bound is a microsecond.
+    micro = max(int((seconds - whole) * 1_000_000), 0 if whole else 1)
+    return struct.pack("@ll", whole, micro)
 
 
 def _connect(

@@ -22,7 +22,7 @@ BEGIN = "    # BEGIN COMMANDS"
 END = "    # END COMMANDS"
 HEADER = "    # BEGIN COMMANDS (generated from greenstalk/client.py by scripts/generate_aio.py)"
 # The transport calls that do I/O: awaited in the asyncio client.
-_IO_CALL = re.compile(r"\bself\.(_run|_run_waiting|_pipeline)\(")
+_IO_CALL = re.compile(r"\bself\.(_run|_pipeline)\(")
 
 
 def _region(source: str) -> tuple[int, int]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -310,28 +312,46 @@ def test_reserve_waits_past_socket_timeout(serve: Serve) -> None:
     assert server.completed
 
 
-@pytest.mark.parametrize("socket_timeout", [None, 0.25])
-def test_reserve_restores_the_socket_timeout(socket_timeout: float | None) -> None:
-    ours, theirs = socket.socketpair()
+@pytest.mark.parametrize("adopted", [False, True], ids=["kernel-bound", "python-bound"])
+def test_a_reserve_lengthens_the_socket_timeout_for_itself_only(adopted: bool) -> None:
+    """The reserve's reply may come after socket_timeout; the next command's may not.
+
+    A client that opened its own socket has the kernel keep the bound
+    (SO_RCVTIMEO); a socket handed in keeps Python's timeouts.
+    """
     script: list[Step] = [
-        Expect(b"reserve-with-timeout 30\r\n"),
-        Send(b"TIMED_OUT\r\n"),
-        Expect(b"reserve-with-timeout 40\r\n"),
+        Expect(b"reserve-with-timeout 1\r\n"),
+        Stall(0.6),
         Send(b"RESERVED 1 1\r\nx\r\n"),
         Expect(b"reserve\r\n"),
-        Send(b"DEADLINE_SOON\r\n"),
+        Stall(0.6),
+        Send(b"RESERVED 2 1\r\ny\r\n"),
+        Expect(PUT_X),
+        Silent(until_closed=True),
     ]
-    with ours, FakeServer(script, connection=theirs) as server:
-        client = greenstalk.Client(ours, socket_timeout=socket_timeout)
-        raises_exactly(greenstalk.TimedOutError, lambda: client.reserve(timeout=30))
-        assert ours.gettimeout() == socket_timeout
-        assert client.reserve(timeout=40).id == 1
-        assert ours.gettimeout() == socket_timeout
-        raises_exactly(greenstalk.DeadlineSoonError, lambda: client.reserve())
-        assert ours.gettimeout() == socket_timeout
-        assert not client.closed
-        client.close()
-    server.join()
+    ours, theirs = socket.socketpair()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(ours)
+        if adopted:
+            server = stack.enter_context(FakeServer(script, connection=theirs))
+            client = greenstalk.Client(ours, socket_timeout=0.3)
+        else:
+            theirs.close()
+            server = stack.enter_context(FakeServer(script))
+            client = greenstalk.Client(server.address, socket_timeout=0.3)
+            sock = client._socket
+            assert sock is not None
+            if sys.platform == "linux":  # blocking, with the bound kept by the kernel
+                assert sock.gettimeout() is None
+                timeval = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)
+                assert struct.unpack("@ll", timeval) == (0, 300000)
+        assert client.reserve(timeout=1).id == 1
+        assert client.reserve().id == 2
+        started = time.monotonic()
+        raises_exactly(ClientTimeoutError, lambda: client.put(b"x"))
+        assert time.monotonic() - started < 1
+        assert_refuses_use(client)
+        server.join()
     assert server.completed
 
 
