@@ -19,25 +19,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import socket
+import sys
+from pathlib import Path
 
 import greenstalk
+from greenstalk._protocol import commands
 from greenstalk.testing import run_server
 
-WAIT_SECONDS = 4
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from server import Peer
 
-
-def read_reply(sock: socket.socket, expected_start: bytes) -> bytes:
-    """Read from ``sock`` until a whole reply line (and a body for RESERVED) is in."""
-    data = b""
-    while b"\r\n" not in data or (data.startswith(b"RESERVED") and data.count(b"\r\n") < 2):
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("the server closed the connection")
-        data += chunk
-    if not data.startswith(expected_start):
-        raise RuntimeError(f"unexpected reply {data!r}")
-    return data
+WAIT = commands.reserve(4)
+WAIT_AGAIN = commands.reserve(2)
 
 
 def measure(kind: str, holders: int) -> tuple[int, int]:
@@ -45,25 +38,29 @@ def measure(kind: str, holders: int) -> tuple[int, int]:
     with run_server(kind, in_process=False) as server, contextlib.ExitStack() as stack:
         address = server.address
         assert isinstance(address, tuple)
-        pairs: list[tuple[greenstalk.Client[bytes], socket.socket]] = []
+        pairs: list[tuple[greenstalk.Client[bytes], Peer]] = []
         for number in range(holders):
             tube = f"t{number}"
             holder = stack.enter_context(greenstalk.Client(address, use=tube, watch=tube))
             holder.put(b"x", ttr=1)
             holder.reserve(timeout=0)
-            waiter = stack.enter_context(socket.create_connection(address, timeout=10))
-            waiter.sendall(b"watch %b\r\n" % tube.encode())
-            read_reply(waiter, b"WATCHING")
+            waiter = Peer(address)
+            stack.callback(waiter.close)
+            waiter.ask(commands.watch(tube))
             pairs.append((holder, waiter))
         for _, waiter in pairs:
-            waiter.sendall(b"reserve-with-timeout %d\r\n" % WAIT_SECONDS)
+            waiter.sock.sendall(WAIT[0])
         lost = recovered = 0
         for holder, waiter in pairs:
-            if read_reply(waiter, b"").startswith(b"TIMED_OUT"):
+            while not waiter.replies:
+                waiter.read()
+            try:
+                WAIT[1](waiter.replies.popleft())
+            except greenstalk.TimedOutError:
                 lost += 1
                 holder.stats()
-                waiter.sendall(b"reserve-with-timeout 2\r\n")
-                if read_reply(waiter, b"").startswith(b"RESERVED"):
+                with contextlib.suppress(greenstalk.TimedOutError):
+                    waiter.ask(WAIT_AGAIN)
                     recovered += 1
         return lost, recovered
 
