@@ -167,6 +167,22 @@ def _listen(
     return bind_tcp(host, port)
 
 
+def spawn_activated(command: Sequence[str], listener: socket.socket) -> subprocess.Popen[bytes]:
+    """Start a server ``command``, handing it ``listener`` by socket activation.
+
+    The socket listens before the command starts, so a client can connect at
+    once: its connection waits in the backlog until the server takes it.
+    The process's stderr is a pipe; :meth:`ServerProcess.stop` closes it.
+    """
+    fd = listener.fileno()
+    return subprocess.Popen(
+        ["bash", "-c", _ACTIVATE, str(fd), *command],
+        pass_fds=(fd,),
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
 @contextlib.contextmanager
 def run_server(
     server: str = "greenstalkd",
@@ -201,13 +217,7 @@ def run_server(
             running = ServerProcess(bound, None, server, _ServerThread(listener, args))
         else:
             with listener:
-                fd = listener.fileno()
-                process = subprocess.Popen(
-                    ["bash", "-c", _ACTIVATE, str(fd), *command],
-                    pass_fds=(fd,),
-                    stdin=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                )
+                process = spawn_activated(command, listener)
             running = ServerProcess(bound, process, server)
         try:
             yield running

@@ -6,12 +6,10 @@ import dataclasses
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -20,7 +18,8 @@ import pytest
 
 import greenstalk
 from greenstalk.cli import _top, main
-from greenstalk.testing import run_server
+from greenstalk.server.net import bind_unix
+from greenstalk.testing import ServerProcess, run_server, spawn_activated
 
 from .conftest import StartServer
 
@@ -722,24 +721,18 @@ def test_the_console_script(tmp_path: Path) -> None:
 def test_serve(tmp_path: Path) -> None:
     path = tmp_path / "socket"
     command = [sys.executable, "-m", "greenstalk", "serve", "-l", f"unix:{path}", "-z", "10"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE)
+    # Handed over listening (socket activation): no polling for the server.
+    with bind_unix(str(path)) as listener:
+        server = ServerProcess(str(path), spawn_activated(command, listener), "greenstalkd")
     try:
-        deadline = time.monotonic() + 10
-        while not path.exists():
-            assert time.monotonic() < deadline, "greenstalk serve did not start"
-            time.sleep(0.01)
         with greenstalk.Client(str(path)) as client:
             assert client.put(b"x") == 1
             with pytest.raises(greenstalk.JobTooBigError):
                 client.put(b"x" * 11)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(10) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        assert process.stderr is not None
-        process.stderr.close()
+        server.stop()
+    assert server.process is not None
+    assert server.process.returncode == 0
 
 
 def test_serve_passes_on_greenstalkd_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
