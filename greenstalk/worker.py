@@ -30,7 +30,6 @@ handlers only set flags; a watchdog thread acts on them.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -38,7 +37,7 @@ import signal
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any, Callable, Generic, Protocol, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 from ._address import TextAddress, address_from_environment, parse_address
 from ._base import Address
@@ -52,6 +51,7 @@ from ._protocol.errors import (
     TimedOutError,
 )
 from .client import Client
+from .codecs import CODECS, BytesCodec, Codec, JSONCodec, get_codec
 
 logger = logging.getLogger("greenstalk.worker")
 
@@ -64,39 +64,6 @@ JOB_GONE = "job %d is gone from the server (did its TTR run out?); nothing to ac
 
 EXIT_OK = 0
 """:meth:`Worker.run` returns this after a warm stop or a finished burst."""
-
-
-class Codec(Protocol):
-    """Turns job bodies into the values handlers get, and back."""
-
-    def decode(self, body: bytes) -> Any:
-        """The value of a body; raises ValueError (or a subclass) when it cannot."""
-
-    def encode(self, value: Any) -> bytes:
-        """The body for a value."""
-
-
-class BytesCodec:
-    """Bodies as they are: ``bytes``."""
-
-    def decode(self, body: bytes) -> bytes:
-        return body
-
-    def encode(self, value: bytes) -> bytes:
-        return value
-
-
-class JSONCodec:
-    """Bodies as UTF-8 JSON."""
-
-    def decode(self, body: bytes) -> Any:
-        return json.loads(body)
-
-    def encode(self, value: Any) -> bytes:
-        return json.dumps(value, separators=(",", ":")).encode()
-
-
-CODECS: dict[str, Codec] = {"bytes": BytesCodec(), "json": JSONCodec()}
 
 
 # What finishes a job (its delete, release or bury), and the name of that outcome.
@@ -183,10 +150,7 @@ class WorkerBase(Generic[HandlerT]):
         reconnect_base: float = 0.5,
         reconnect_cap: float = 30.0,
     ) -> None:
-        if isinstance(codec, str):
-            if codec not in CODECS:
-                raise ValueError(f"codec must be one of {sorted(CODECS)} or a Codec, not {codec!r}")
-            codec = CODECS[codec]
+        codec = get_codec(codec)
         if max_releases < 0 or backoff_base < 0 or backoff_cap < 0 or reserve_slice < 1:
             raise ValueError("max_releases, backoff_base and backoff_cap must be >= 0, "
                              "reserve_slice >= 1")
