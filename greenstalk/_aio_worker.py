@@ -1,28 +1,35 @@
 """The asyncio worker, :class:`greenstalk.aio.Worker`: the sync worker's rules, on one event loop.
 
-Handlers are coroutine functions (plain functions work too); up to
-``concurrency`` of them run at once, all on one connection. While any
-handler runs, the worker reserves without waiting (``reserve-with-timeout
-0``, then a short pause when nothing is ready), because a waiting reserve
-would hold back the deletes of the jobs that finish meanwhile; with none
-running it waits in slices of ``reserve_slice`` seconds.
+Coroutine functions run on the loop; plain functions run in a pool of
+``concurrency`` threads, so a blocking handler does not hold up the loop.
+Up to ``concurrency`` handlers run at once, all on one connection. While
+any handler runs, the worker reserves without waiting (``reserve-with-
+timeout 0``, then a short pause when nothing is ready), because a waiting
+reserve would hold back the deletes of the jobs that finish meanwhile;
+with none running it waits in slices of ``reserve_slice`` seconds.
 
 A finished job's delete (or release, or bury) is sent in the same loop
 turn as the next reserve, so both go out in one write. The first SIGTERM
 or SIGINT stops reserving and lets the running handlers finish; a second
 one cancels them and closes the connection, which puts their jobs back in
 the ready queue, and :meth:`Worker.run` returns 128 + the signal number.
+
+The decisions live in :mod:`greenstalk._worker_rules`, shared with the sync
+worker; this module never imports the sync worker or the blocking client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
+import queue
 import signal
 import threading
-from collections.abc import Awaitable
-from typing import Any, Callable, Union
+from collections.abc import Awaitable, Coroutine, Mapping
+from typing import Any, Callable, TypeVar, Union, cast
 
+from ._base import Address
 from ._protocol import commands
 from ._protocol.commands import Request
 from ._protocol.errors import (
@@ -32,21 +39,35 @@ from ._protocol.errors import (
     NotFoundError,
     TimedOutError,
 )
+from ._worker_rules import (
+    EXIT_OK,
+    FIRST_TOUCH_CHECK,
+    JOB_GONE,
+    JobInHand,
+    Outcome,
+    WorkerBase,
+    check_settings,
+    is_coroutine_function,
+    logger,
+    touch_plan,
+)
+from ._worker_rules import WorkerJob as BlockingWorkerJob
 from .aio import Client
-from .worker import EXIT_OK, JOB_GONE, JobInHand, Outcome, WorkerBase, logger
+from .codecs import Codec
+
+T = TypeVar("T")
 
 # How long to pause between non-waiting reserves that found nothing while
 # handlers run, in seconds.
 _POLL_PAUSE = 0.05
-# When the worker first looks at a running handler's TTR, in seconds.
-_FIRST_TOUCH_CHECK = 0.5
 
 
 class WorkerJob(JobInHand):
-    """The job an asyncio handler gets: id, tube, decoded body, and what it may do with it.
+    """The job a coroutine handler gets: id, tube, decoded body, and what it may do with it.
 
     ``release``, ``bury`` and ``delete`` decide what happens to the job when
     the handler returns (the last call wins); ``touch`` restarts its TTR now.
+    ``release``, ``bury`` and ``touch`` are coroutines.
     """
 
     __slots__ = ("_client",)
@@ -75,34 +96,183 @@ class WorkerJob(JobInHand):
         await self._client.touch(self.id)
 
 
-Handler = Callable[[WorkerJob], Union[Awaitable[object], object]]
+AsyncHandler = Callable[[WorkerJob], Awaitable[object]]
+ThreadHandler = Callable[[BlockingWorkerJob], None]
+Handler = Union[AsyncHandler, ThreadHandler]
+"""A coroutine function of a :class:`WorkerJob`, run on the loop, or a plain function of a
+:class:`greenstalk.WorkerJob`, run in a thread."""
+
+HandlerF = TypeVar("HandlerF", bound=Handler)
+
 # A finished job: its id, the command that finishes it, and the outcome's name.
 _Finish = tuple[int, Request[None], str]
+# A plain handler's call waiting for a thread: the handler, its job, and its result.
+_Call = tuple[Callable[[BlockingWorkerJob], object], BlockingWorkerJob,
+              "concurrent.futures.Future[object]"]
+
+
+class _LoopActions:
+    """What a thread-run handler's job asks of the connection, done on the worker's loop."""
+
+    __slots__ = ("_client", "_loop")
+
+    def __init__(self, client: Client[bytes], loop: asyncio.AbstractEventLoop) -> None:
+        self._client = client
+        self._loop = loop
+
+    def priority(self, job_id: int) -> int:
+        return int(self._on_loop(self._client.stats_job(job_id))["pri"])
+
+    def touch(self, job_id: int) -> None:
+        self._on_loop(self._client.touch(job_id))
+
+    def _on_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+
+class _HandlerThreads:
+    """Threads for plain-function handlers: started as needed, at most ``size`` of them.
+
+    Daemon threads rather than a ThreadPoolExecutor, whose threads the
+    interpreter waits for at exit: after a cold stop the process must not
+    wait for the handlers it gave up on.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._unfinished = 0
+
+    def run(self, handler: Callable[[BlockingWorkerJob], object],
+            job: BlockingWorkerJob) -> asyncio.Future[object]:
+        """Call ``handler(job)`` in a thread; the future gives its result or exception."""
+        result: concurrent.futures.Future[object] = concurrent.futures.Future()
+        with self._lock:
+            self._unfinished += 1
+            start = self._unfinished > len(self._threads) and len(self._threads) < self._size
+        if start:
+            thread = threading.Thread(target=self._serve, daemon=True,
+                                      name=f"greenstalk-handler-{len(self._threads) + 1}")
+            thread.start()
+            self._threads.append(thread)
+        self._calls.put((handler, job, result))
+        return asyncio.wrap_future(result)
+
+    def close(self) -> None:
+        """Let each thread end once it has finished its handler."""
+        for _ in self._threads:
+            self._calls.put(None)
+        self._threads.clear()
+
+    def _serve(self) -> None:
+        while True:
+            call = self._calls.get()
+            if call is None:
+                return
+            handler, job, result = call
+            if result.set_running_or_notify_cancel():
+                try:
+                    value = handler(job)
+                except StopIteration as error:
+                    # An asyncio future cannot carry StopIteration; a coroutine
+                    # would have turned it into a RuntimeError too.
+                    result.set_exception(RuntimeError(f"the handler raised {error!r}"))
+                except BaseException as error:
+                    result.set_exception(error)
+                else:
+                    result.set_result(value)
+            with self._lock:
+                self._unfinished -= 1
 
 
 class Worker(WorkerBase[Handler]):
     """An asyncio consumer: :class:`greenstalk.Worker`'s settings, plus ``concurrency``.
 
+    ``handlers`` maps tube names to coroutine functions taking a
+    :class:`WorkerJob`, which run on the event loop, or plain functions
+    taking a :class:`greenstalk.WorkerJob`, which run in a pool of
+    ``concurrency`` threads. Up to ``concurrency`` handlers run at once.
+    The other settings are :class:`greenstalk.Worker`'s: ``address``
+    (``host:port`` or ``unix:PATH`` text, or None for
+    ``$BEANSTALKD_ADDRESS``, else 127.0.0.1:11300), ``codec``
+    (``"bytes"``, ``"json"`` or a :class:`~greenstalk.codecs.Codec`),
+    ``max_releases``, ``backoff_base`` and ``backoff_cap`` (failed jobs
+    are released after ``backoff_base * 2**releases`` seconds, at most
+    ``backoff_cap``, and buried after ``max_releases`` releases),
+    ``auto_touch``, ``reserve_slice``, ``socket_timeout``,
+    ``reconnect_base`` and ``reconnect_cap``.
+
     Run it with ``await worker.run()``. Raises ValueError for invalid
-    settings.
+    settings or tube names, TypeError for a handler that is not callable.
     """
 
-    def __init__(self, *args: Any, concurrency: int = 1, **settings: Any) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
-        super().__init__(*args, **settings)
+    _runs_coroutines = True
+
+    def __init__(
+        self,
+        address: Address | str | None = None,
+        *,
+        handlers: Mapping[str, Handler] | None = None,
+        codec: str | Codec = "bytes",
+        max_releases: int = 3,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 300.0,
+        auto_touch: bool = True,
+        reserve_slice: int = 1,
+        socket_timeout: float | None = 30.0,
+        reconnect_base: float = 0.5,
+        reconnect_cap: float = 30.0,
+        concurrency: int = 1,
+    ) -> None:
+        check_settings(
+            max_releases=max_releases, backoff_base=backoff_base, backoff_cap=backoff_cap,
+            reserve_slice=reserve_slice, socket_timeout=socket_timeout,
+            reconnect_base=reconnect_base, reconnect_cap=reconnect_cap, concurrency=concurrency,
+        )
         #: How many handlers may run at once.
         self.concurrency = concurrency
+        super().__init__(
+            address, handlers=handlers, codec=codec, max_releases=max_releases,
+            backoff_base=backoff_base, backoff_cap=backoff_cap, auto_touch=auto_touch,
+            reserve_slice=reserve_slice, socket_timeout=socket_timeout,
+            reconnect_base=reconnect_base, reconnect_cap=reconnect_cap,
+        )
 
     def _init_state(self) -> None:
         self._client: Client[bytes] | None = None
+        self._reconnecting = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._threads = _HandlerThreads(self.concurrency)
         # What the main loop waits on when it pauses; resolved to wake it.
         self._waiter: asyncio.Future[None] | None = None
         # Jobs whose handlers have finished, waiting to go out with the next reserve.
         self._finishes: list[_Finish] = []
         # The touching task of each job whose handler has run long enough to need one.
-        self._touchers: dict[WorkerJob, asyncio.Task[None]] = {}
+        self._touchers: dict[JobInHand, asyncio.Task[None]] = {}
+
+    # -- set-up ------------------------------------------------------------
+
+    def add_handler(self, tube: str, handler: Handler) -> None:
+        """Handle jobs of ``tube`` with ``handler``.
+
+        Raises ValueError for a bad tube name, TypeError for a handler that
+        is not callable.
+        """
+        self._register(tube, handler)
+
+    def handler(self, tube: str) -> Callable[[HandlerF], HandlerF]:
+        """Decorator: ``@worker.handler('emails')`` registers the function for that tube.
+
+        Raises as :meth:`add_handler`.
+        """
+
+        def register(handler: HandlerF) -> HandlerF:
+            self._register(tube, handler)
+            return handler
+
+        return register
 
     def stop(self, cold: bool = False) -> None:
         """Ask the worker to stop: after the running jobs, or at once when ``cold``.
@@ -116,29 +286,33 @@ class Worker(WorkerBase[Handler]):
         super()._on_signal(signum, frame)
         self._wake_loop()
 
-    async def _connect(self) -> Client[bytes] | None:
-        """Connect, retrying with backoff; None when a stop came first."""
-        delay = self.reconnect_base
+    # -- the connection ----------------------------------------------------
+
+    async def _connect(self, burst: bool) -> Client[bytes] | None:
+        """Connect, retrying with backoff; None when a stop came first.
+
+        In a burst the first failure raises ClientConnectionError instead.
+        """
         attempt = 0
-        while not self._stop_requests:
+        for delay in self._reconnect_delays():
+            if self._stop_requests:
+                return None
             client: Client[bytes] = Client(
                 self.address, watch=list(self._handlers), socket_timeout=self.socket_timeout
             )
             try:
                 await client._open()
             except ClientConnectionError as error:
+                if burst:
+                    raise self._burst_connect_error(error) from error
                 attempt += 1
-                logger.warning("cannot connect to the server (attempt %d): %s; retrying in "
-                               "%.1f s", attempt, error, delay)
+                self._log_connect_failure(attempt, error, delay)
                 await self._pause(delay)
-                delay = min(delay * 2, self.reconnect_cap)
                 continue
-            if self._reconnecting:
-                self._reconnecting = False
-                logger.warning("connected again (after %d failed attempt(s)); watching %s",
-                               attempt, ", ".join(self._handlers))
+            self._log_connected(attempt, self._reconnecting)
+            self._reconnecting = False
             return client
-        return None
+        raise AssertionError("the reconnect delays never end")
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, waking early for a stop or a finished handler."""
@@ -154,22 +328,31 @@ class Worker(WorkerBase[Handler]):
             timer.cancel()
             self._waiter = None
 
+    # -- the loop ------------------------------------------------------------
+
     async def run(self, burst: bool = False) -> int:
         """Work until stopped; with ``burst``, until no job is ready. Returns the exit code.
 
         Installs SIGTERM and SIGINT handlers on the running loop when it runs
         in the main thread. Raises ValueError when no handler is registered.
+        A burst that cannot connect raises
+        :class:`~greenstalk.ClientConnectionError` at once; otherwise the
+        worker retries the connection until it works or is stopped.
         """
-        if not self._handlers:
-            raise ValueError("the worker has no handler: add one with worker.handler(tube)")
+        self._check_runnable()
+        logger.info(self._banner(burst, f"concurrency {self.concurrency}"))
         loop = asyncio.get_running_loop()
         installed = []
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self._on_signal, signum)
                 installed.append(signum)
+        self._threads = _HandlerThreads(self.concurrency)
         try:
             await self._loop(burst)
+            if self._tasks and self._stop_requests == 1:
+                logger.warning("stopping once the %d running job(s) are done; stop again to give "
+                               "them back and stop at once", len(self._tasks))
             while self._tasks and self._stop_requests < 2:
                 # A warm stop: let the running handlers finish, unless a second stop comes.
                 await self._pause(self.reserve_slice)
@@ -179,10 +362,11 @@ class Worker(WorkerBase[Handler]):
         finally:
             for signum in installed:
                 loop.remove_signal_handler(signum)
+            self._threads.close()
             if self._client is not None:
                 await self._client.close()
                 self._client = None
-        logger.info("worker stopped: %s", ", ".join(f"{v} {k}" for k, v in self.counts.items()))
+        logger.info(self._stopped_line())
         return EXIT_OK
 
     async def _cold_stop(self) -> int:
@@ -205,7 +389,7 @@ class Worker(WorkerBase[Handler]):
             if client is None or client.closed:
                 if client is not None:
                     await self._lost(client, "the connection closed")
-                client = self._client = await self._connect()
+                client = self._client = await self._connect(burst)
                 if client is None:
                     return
             if len(self._tasks) >= self.concurrency:
@@ -266,8 +450,7 @@ class Worker(WorkerBase[Handler]):
         )
 
     async def _lost(self, client: Client[bytes], reason: str) -> None:
-        logger.warning("connection to the server lost (%s); jobs in hand go back to the queue "
-                       "on the server and are not acknowledged; reconnecting", reason)
+        self._log_lost(reason)
         await client.close()
         if self._client is client:
             self._client = None
@@ -303,21 +486,33 @@ class Worker(WorkerBase[Handler]):
         handler = self._handlers[tube]
         try:
             body = self.codec.decode(raw_body)
-        except Exception:
-            logger.exception("job %d in %r: the body does not decode; burying it", job_id, tube)
+        except Exception as error:
             stats = await client.stats_job(job_id)
-            return commands.bury(job_id, stats["pri"]), "buried"
-        job = WorkerJob(client, job_id, tube, raw_body, body)
+            return self._undecodable_outcome(job_id, tube, error, stats["pri"])
+        on_loop = is_coroutine_function(handler)
+        job: JobInHand
+        if on_loop:
+            job = WorkerJob(client, job_id, tube, raw_body, body)
+        else:
+            actions = _LoopActions(client, asyncio.get_running_loop())
+            job = BlockingWorkerJob(actions, job_id, tube, raw_body, body)
         toucher = (asyncio.get_running_loop().call_later(
-            _FIRST_TOUCH_CHECK, self._start_touching, client, job) if self.auto_touch else None)
+            FIRST_TOUCH_CHECK, self._start_touching, client, job) if self.auto_touch else None)
         try:
-            result = handler(job)
-            if inspect.isawaitable(result):
-                await result
+            if on_loop:
+                await cast(AsyncHandler, handler)(cast(WorkerJob, job))
+            else:
+                result = await self._threads.run(
+                    cast(Callable[[BlockingWorkerJob], object], handler),
+                    cast(BlockingWorkerJob, job),
+                )
+                if result is not None and inspect.isawaitable(result):
+                    # A lambda calling a coroutine function, say: the work is in
+                    # the awaitable, whose place is the loop.
+                    await result
         except (ClientConnectionError, asyncio.CancelledError):
             raise
         except Exception:
-            self.counts["failed"] += 1
             return self._failure_outcome(job_id, tube, await client.stats_job(job_id))
         finally:
             if toucher is not None:
@@ -325,23 +520,20 @@ class Worker(WorkerBase[Handler]):
             touching = self._touchers.pop(job, None)
             if touching is not None:
                 touching.cancel()
-        return job._decision or (commands.delete(job_id), "deleted")
+        return job.outcome()
 
-    def _start_touching(self, client: Client[bytes], job: WorkerJob) -> None:
+    def _start_touching(self, client: Client[bytes], job: JobInHand) -> None:
         self._touchers[job] = asyncio.ensure_future(self._keep_touching(client, job))
 
-    async def _keep_touching(self, client: Client[bytes], job: WorkerJob) -> None:
+    async def _keep_touching(self, client: Client[bytes], job: JobInHand) -> None:
         """Touch a job whose handler runs long, a second before each TTR would end."""
         try:
             stats = await client.stats_job(job.id)
-            ttr = int(stats["ttr"])
-            interval = max(ttr - 1.0, ttr / 2)
-            left = int(stats["time-left"])
-            await asyncio.sleep(min(float(left), interval) if left >= 1 else 0)
+            first, interval = touch_plan(int(stats["ttr"]), int(stats["time-left"]))
+            await asyncio.sleep(first)
             while True:
                 await client.touch(job.id)
                 logger.debug("job %d: touched, its handler is still running", job.id)
                 await asyncio.sleep(interval)
         except (NotFoundError, ClientConnectionError) as error:
             logger.warning("job %d: could not touch it (%s)", job.id, error)
-

@@ -7,7 +7,8 @@ body, calls the tube's handler, and then:
   buried or deleted it itself through the :class:`WorkerJob` it got);
 * releases it with an exponential backoff delay when the handler raises,
   and buries it once it has been released ``max_releases`` times;
-* buries at once a job whose body the codec cannot decode.
+* buries at once a job whose body the codec cannot decode, or whose
+  handler returned an awaitable (its work was never done).
 
 The delete (or release, or bury) of a finished job goes out in the same
 write as the next reserve: one round trip a job instead of two.
@@ -26,22 +27,23 @@ A second one while a handler runs closes the connection, which puts the
 job back in the ready queue, and ends the process at once with status
 128 + the signal number (130 for SIGINT, 143 for SIGTERM). The signal
 handlers only set flags; a watchdog thread acts on them.
+
+The decisions (what a result, an exception or a bad body means, backoff,
+the touch schedule, the settings) live in :mod:`greenstalk._worker_rules`,
+shared with the asyncio worker; this module is the blocking loop.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
 import signal
 import threading
 import time
-from collections.abc import Mapping
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, TypeVar
 
-from ._address import TextAddress, address_from_environment, parse_address
-from ._base import Address
-from ._protocol import commands
 from ._protocol.commands import Request
 from ._protocol.errors import (
     BeanstalkdError,
@@ -50,203 +52,96 @@ from ._protocol.errors import (
     NotFoundError,
     TimedOutError,
 )
+from ._worker_rules import (
+    EXIT_OK,
+    FIRST_TOUCH_CHECK,
+    JOB_GONE,
+    Outcome,
+    WorkerBase,
+    WorkerJob,
+    logger,
+    touch_plan,
+)
 from .client import Client
-from .codecs import CODECS, BytesCodec, Codec, JSONCodec, get_codec
-
-logger = logging.getLogger("greenstalk.worker")
+from .codecs import CODECS, BytesCodec, Codec, JSONCodec
 
 # How often the watchdog looks at the running handler, in seconds.
 _WATCH_PERIOD = 0.1
 
-# Logged when the server no longer knows a job the worker is finishing: its
-# TTR ran out and another consumer took and deleted it, say.
-JOB_GONE = "job %d is gone from the server (did its TTR run out?); nothing to acknowledge"
+Handler = Callable[[WorkerJob], None]
+"""A handler of the sync worker: a plain function of the job. What it returns is ignored."""
 
-EXIT_OK = 0
-""":meth:`Worker.run` returns this after a warm stop or a finished burst."""
+HandlerF = TypeVar("HandlerF", bound=Handler)
 
 
-# What finishes a job (its delete, release or bury), and the name of that outcome.
-Outcome = tuple[Request[None], str]
-
-
-class JobInHand:
-    """What the sync and asyncio workers' jobs share: the fields, the decision, delete."""
-
-    __slots__ = ("_decision", "body", "id", "raw_body", "tube")
-
-    def __init__(self, job_id: int, tube: str, raw_body: bytes, body: Any) -> None:
-        self.id = job_id
-        self.tube = tube
-        #: The body as it came from the server.
-        self.raw_body = raw_body
-        #: The body as the codec decoded it.
-        self.body = body
-        self._decision: Outcome | None = None
-
-    def __repr__(self) -> str:
-        return f"<WorkerJob id={self.id} tube={self.tube!r}>"
-
-    def delete(self) -> None:
-        """Delete the job when the handler returns (what happens anyway on success)."""
-        self._decision = (commands.delete(self.id), "deleted")
-
-
-class WorkerJob(JobInHand):
-    """The job a handler gets: its id, tube and decoded body, and what it may do with it.
-
-    ``release``, ``bury`` and ``delete`` decide what happens to the job when
-    the handler returns (the last call wins); ``touch`` restarts its TTR now.
-    """
+class _ConnectionActions:
+    """What a handler's :class:`WorkerJob` asks of the worker's connection."""
 
     __slots__ = ("_worker",)
 
-    def __init__(self, worker: Worker, job_id: int, tube: str, raw_body: bytes, body: Any) -> None:
-        super().__init__(job_id, tube, raw_body, body)
+    def __init__(self, worker: Worker) -> None:
         self._worker = worker
 
-    def release(self, delay: int = 0, priority: int | None = None) -> None:
-        """Put the job back when the handler returns, after ``delay`` seconds.
+    def priority(self, job_id: int) -> int:
+        return int(self._worker._job_stats(job_id)["pri"])
 
-        ``priority`` None keeps the job's priority (asked of the server).
-        """
-        if priority is None:
-            priority = self._worker._job_stats(self.id)["pri"]
-        self._decision = (commands.release(self.id, priority, delay), "released")
-
-    def bury(self, priority: int | None = None) -> None:
-        """Bury the job when the handler returns (``priority`` None keeps it)."""
-        if priority is None:
-            priority = self._worker._job_stats(self.id)["pri"]
-        self._decision = (commands.bury(self.id, priority), "buried")
-
-    def touch(self) -> None:
-        """Restart the job's TTR now. Raises NotFoundError if the job was lost."""
+    def touch(self, job_id: int) -> None:
         with self._worker._client_lock:
-            self._worker._client().touch(self.id)
-
-
-Handler = Callable[[WorkerJob], object]
-
-
-HandlerT = TypeVar("HandlerT", bound=Callable[..., object])
-
-
-class WorkerBase(Generic[HandlerT]):
-    """The settings and handler table the sync and asyncio workers share."""
-
-    def __init__(
-        self,
-        address: Address | str | None = None,
-        *,
-        handlers: Mapping[str, HandlerT] | None = None,
-        codec: str | Codec = "bytes",
-        max_releases: int = 3,
-        backoff_base: float = 1.0,
-        backoff_cap: float = 300.0,
-        auto_touch: bool = True,
-        reserve_slice: int = 1,
-        socket_timeout: float | None = 30.0,
-        reconnect_base: float = 0.5,
-        reconnect_cap: float = 30.0,
-    ) -> None:
-        codec = get_codec(codec)
-        if max_releases < 0 or backoff_base < 0 or backoff_cap < 0 or reserve_slice < 1:
-            raise ValueError("max_releases, backoff_base and backoff_cap must be >= 0, "
-                             "reserve_slice >= 1")
-        #: Where the server is.
-        self.address: Address | TextAddress = (
-            address_from_environment() if address is None else _parse(address)
-        )
-        self.codec = codec
-        self.max_releases = max_releases
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
-        self.auto_touch = auto_touch
-        self.reserve_slice = reserve_slice
-        self.socket_timeout = socket_timeout
-        self.reconnect_base = reconnect_base
-        self.reconnect_cap = reconnect_cap
-        self._handlers: dict[str, HandlerT] = {}
-        for tube, handler in (handlers or {}).items():
-            self.add_handler(tube, handler)
-        self._stop_requests = 0
-        self._stop_signal = signal.SIGTERM
-        self._reconnecting = False
-        #: Counts of acknowledged jobs by outcome (and of handler failures), for logs and tests.
-        self.counts = {"deleted": 0, "released": 0, "buried": 0, "failed": 0}
-        self._init_state()
-
-    def _init_state(self) -> None:
-        """Set up what the worker keeps while it runs."""
-
-    # -- set-up ------------------------------------------------------------
-
-    def add_handler(self, tube: str, handler: HandlerT) -> None:
-        """Handle jobs of ``tube`` with ``handler``. Raises ValueError for a bad tube name."""
-        commands.check_tube(tube)
-        self._handlers[tube] = handler
-
-    def handler(self, tube: str) -> Callable[[HandlerT], HandlerT]:
-        """Decorator: ``@worker.handler('emails')`` registers the function for that tube."""
-
-        def register(handler: HandlerT) -> HandlerT:
-            self.add_handler(tube, handler)
-            return handler
-
-        return register
-
-    def stop(self, cold: bool = False) -> None:
-        """Ask the worker to stop: after the current job, or at once when ``cold``.
-
-        A cold stop while a handler runs gives its job back and ends the
-        process (status 128 + the last stop signal's number, 143 without
-        one), since a running handler cannot be interrupted otherwise. Safe
-        from signal handlers and other threads.
-        """
-        self._stop_requests = max(self._stop_requests + 1, 2 if cold else 1)
-
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self._stop_signal = signal.Signals(signum)
-        self._stop_requests += 1
-
-    def backoff(self, releases: int) -> int:
-        """The delay, in whole seconds, of a release after ``releases`` earlier ones."""
-        return math.ceil(min(self.backoff_cap, self.backoff_base * 2.0**releases))
-
-    def _failure_outcome(self, job_id: int, tube: str, stats: Mapping[str, Any]) -> Outcome:
-        """What to do with a job whose handler raised: release with backoff, or bury."""
-        releases = int(stats["releases"])
-        if releases >= self.max_releases:
-            logger.exception("job %d in %r failed after %d release(s); burying it",
-                             job_id, tube, releases)
-            return commands.bury(job_id, stats["pri"]), "buried"
-        delay = self.backoff(releases)
-        logger.exception("job %d in %r failed; releasing it with a delay of %d s",
-                         job_id, tube, delay)
-        return commands.release(job_id, stats["pri"], delay), "released"
+            self._worker._client().touch(job_id)
 
 
 class Worker(WorkerBase[Handler]):
     """A consumer: handlers by tube, retries with backoff, auto-touch, graceful stops.
 
-    ``address`` is where the server is (``host:port`` text is accepted; None
-    means ``$BEANSTALKD_ADDRESS`` or 127.0.0.1:11300). ``handlers`` maps
-    tube names to callables taking a :class:`WorkerJob`; more can be added
-    with :meth:`handler`. ``codec`` is ``"bytes"``, ``"json"`` or a
-    :class:`Codec`. A failed job is released with a delay of
-    ``backoff_base * 2**releases`` seconds, at most ``backoff_cap``, and
-    buried once it has been released ``max_releases`` times.
+    ``address`` is where the server is (``host:port`` or ``unix:PATH`` text
+    is accepted; None means ``$BEANSTALKD_ADDRESS``, else 127.0.0.1:11300).
+    ``handlers`` maps tube names to plain functions taking a
+    :class:`WorkerJob`; more can be added with :meth:`handler` and
+    :meth:`add_handler`. ``codec`` is ``"bytes"``, ``"json"`` or a
+    :class:`~greenstalk.codecs.Codec`. A failed job is released with a
+    delay of ``backoff_base * 2**releases`` seconds, at most
+    ``backoff_cap``, and buried once it has been released ``max_releases``
+    times. ``auto_touch`` touches jobs whose handlers outlive their TTR.
+    The worker reserves in slices of ``reserve_slice`` seconds, so a stop
+    is noticed within one. ``socket_timeout`` bounds each wait for the
+    server; a lost server is retried after ``reconnect_base`` seconds,
+    doubling up to ``reconnect_cap``.
 
-    Raises ValueError for invalid settings.
+    Raises ValueError for invalid settings or tube names, TypeError for a
+    handler that is not a plain function (a coroutine function belongs to
+    :class:`greenstalk.aio.Worker`) or not callable at all.
     """
 
     def _init_state(self) -> None:
         self._connection: Client[bytes] | None = None
         self._client_lock = threading.Lock()
+        self._actions = _ConnectionActions(self)
         self._running: WorkerJob | None = None
         self._running_since = 0.0
+        self._reconnecting = False
         self._done = threading.Event()
+
+    # -- set-up ------------------------------------------------------------
+
+    def add_handler(self, tube: str, handler: Handler) -> None:
+        """Handle jobs of ``tube`` with ``handler``.
+
+        Raises ValueError for a bad tube name, TypeError for a handler that
+        is not callable or is a coroutine function.
+        """
+        self._register(tube, handler)
+
+    def handler(self, tube: str) -> Callable[[HandlerF], HandlerF]:
+        """Decorator: ``@worker.handler('emails')`` registers the function for that tube.
+
+        Raises as :meth:`add_handler`.
+        """
+
+        def register(handler: HandlerF) -> HandlerF:
+            self._register(tube, handler)
+            return handler
+
+        return register
 
     # -- the connection ----------------------------------------------------
 
@@ -256,11 +151,13 @@ class Worker(WorkerBase[Handler]):
             raise ClientConnectionError("the worker is not connected")
         return client
 
-    def _connect(self) -> Client[bytes]:
-        """Connect, retrying with backoff until it works or a stop is asked for."""
-        delay = self.reconnect_base
+    def _connect(self, burst: bool) -> Client[bytes] | None:
+        """Connect, retrying with backoff until it works; None when a stop came first.
+
+        In a burst the first failure raises ClientConnectionError instead.
+        """
         attempt = 0
-        while True:
+        for delay in self._reconnect_delays():
             try:
                 client: Client[bytes] = Client(
                     self.address,
@@ -268,18 +165,17 @@ class Worker(WorkerBase[Handler]):
                     socket_timeout=self.socket_timeout,
                 )
             except ClientConnectionError as error:
+                if burst:
+                    raise self._burst_connect_error(error) from error
                 attempt += 1
-                logger.warning("cannot connect to the server (attempt %d): %s; retrying in "
-                               "%.1f s", attempt, error, delay)
+                self._log_connect_failure(attempt, error, delay)
                 if self._sleep_unless_stopped(delay):
-                    raise
-                delay = min(delay * 2, self.reconnect_cap)
+                    return None
                 continue
-            if self._reconnecting:
-                self._reconnecting = False
-                logger.warning("connected again (after %d failed attempt(s)); watching %s",
-                               attempt, ", ".join(self._handlers))
+            self._log_connected(attempt, self._reconnecting)
+            self._reconnecting = False
             return client
+        raise AssertionError("the reconnect delays never end")
 
     def _sleep_unless_stopped(self, seconds: float) -> bool:
         """Sleep, waking early for a stop; True when a stop was asked for."""
@@ -302,10 +198,12 @@ class Worker(WorkerBase[Handler]):
 
         Installs SIGTERM and SIGINT handlers when called from the main thread
         (and restores the previous ones on return). Raises ValueError when no
-        handler is registered.
+        handler is registered. A burst that cannot connect raises
+        :class:`~greenstalk.ClientConnectionError` at once; otherwise the
+        worker retries the connection until it works or is stopped.
         """
-        if not self._handlers:
-            raise ValueError("the worker has no handler: add one with worker.handler(tube)")
+        self._check_runnable()
+        logger.info(self._banner(burst))
         previous = {}
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
@@ -324,7 +222,7 @@ class Worker(WorkerBase[Handler]):
             if self._connection is not None:
                 self._connection.close()
                 self._connection = None
-        logger.info("worker stopped: %s", ", ".join(f"{v} {k}" for k, v in self.counts.items()))
+        logger.info(self._stopped_line())
         return EXIT_OK
 
     def _loop(self, burst: bool) -> None:
@@ -334,9 +232,8 @@ class Worker(WorkerBase[Handler]):
         timeout = 0 if burst else self.reserve_slice
         while True:
             if self._connection is None:
-                try:
-                    self._connection = self._connect()
-                except ClientConnectionError:
+                self._connection = self._connect(burst)
+                if self._connection is None:
                     return  # a stop came while reconnecting
             client = self._connection
             if self._stop_requests:
@@ -387,8 +284,7 @@ class Worker(WorkerBase[Handler]):
             logger.warning("connection lost before the last job was acknowledged: %s", error)
 
     def _lost(self, error: ClientConnectionError) -> None:
-        logger.warning("connection to the server lost (%s); a job in hand goes back to the "
-                       "queue on the server and is not acknowledged; reconnecting", error)
+        self._log_lost(error)
         if self._connection is not None:
             self._connection.close()
         self._connection = None
@@ -396,33 +292,31 @@ class Worker(WorkerBase[Handler]):
 
     def _handle(
         self, client: Client[bytes], job_id: int, raw_body: bytes, tube: str | None
-    ) -> tuple[Request[None], str]:
+    ) -> Outcome:
         """Run the job's handler; return the command that finishes the job, and its outcome."""
         if tube is None:
             with self._client_lock:
                 tube = str(client.stats_job(job_id)["tube"])
-        handler = self._handlers[tube]
+        # Typed as returning anything, as it may at run time: see the awaitable check below.
+        handler: Callable[[WorkerJob], object] = self._handlers[tube]
         try:
             body = self.codec.decode(raw_body)
-        except Exception:
-            logger.exception("job %d in %r: the body does not decode; burying it", job_id, tube)
-            return commands.bury(job_id, self._job_stats(job_id)["pri"]), "buried"
-        job = WorkerJob(self, job_id, tube, raw_body, body)
+        except Exception as error:
+            return self._undecodable_outcome(job_id, tube, error, self._actions.priority(job_id))
+        job = WorkerJob(self._actions, job_id, tube, raw_body, body)
         self._running = job
         self._running_since = time.monotonic()
         try:
-            handler(job)
+            result = handler(job)
         except ClientConnectionError:
             raise
         except Exception:
-            return self._failed(job)
+            return self._failure_outcome(job_id, tube, self._job_stats(job_id))
         finally:
             self._running = None
-        return job._decision or (commands.delete(job_id), "deleted")
-
-    def _failed(self, job: WorkerJob) -> Outcome:
-        self.counts["failed"] += 1
-        return self._failure_outcome(job.id, job.tube, self._job_stats(job.id))
+        if result is not None and inspect.isawaitable(result):
+            return self._awaitable_outcome(job_id, tube, result, self._actions.priority(job_id))
+        return job.outcome()
 
     # -- the watchdog ----------------------------------------------------------
 
@@ -443,7 +337,7 @@ class Worker(WorkerBase[Handler]):
                 continue
             if running is not job:
                 job, interval, warned = running, None, False
-                touch_at = self._running_since + 0.5
+                touch_at = self._running_since + FIRST_TOUCH_CHECK
             if self._stop_requests >= 2:
                 self._cold_stop(job)
             if self._stop_requests and not warned:
@@ -452,28 +346,33 @@ class Worker(WorkerBase[Handler]):
                                "and stop at once", job.id)
             now = time.monotonic()
             if self.auto_touch and now >= touch_at:
-                interval = self._touch(job, interval)
-                touch_at = math.inf if interval is None else now + interval
+                if interval is None:
+                    touch_at, interval = self._plan_touches(job, now)
+                if interval is not None and now >= touch_at:
+                    touch_at = now + interval if self._touch(job) else math.inf
 
-    def _touch(self, job: WorkerJob, interval: float | None) -> float | None:
-        """Touch the job (first asking its TTR); returns when to touch again, None to stop."""
+    def _plan_touches(self, job: WorkerJob, now: float) -> tuple[float, float | None]:
+        """When to first touch the job, and the interval after; never when it is gone."""
         try:
-            if interval is None:
-                stats = self._job_stats(job.id)
-                ttr = int(stats["ttr"])
-                interval = max(ttr - 1.0, ttr / 2)
-                if int(stats["time-left"]) >= 1:
-                    # Not yet inside the last second: touch when it comes.
-                    return min(float(stats["time-left"]), interval)
-            with self._client_lock:
-                if self._running is not job:
-                    return None
-                self._client().touch(job.id)
-            logger.debug("job %d: touched, its handler is still running", job.id)
-            return interval
+            stats = self._job_stats(job.id)
         except (NotFoundError, ClientConnectionError) as error:
             logger.warning("job %d: could not touch it (%s)", job.id, error)
-            return None
+            return math.inf, None
+        first, interval = touch_plan(int(stats["ttr"]), int(stats["time-left"]))
+        return now + first, interval
+
+    def _touch(self, job: WorkerJob) -> bool:
+        """Touch the job while its handler runs; False once it cannot be touched."""
+        try:
+            with self._client_lock:
+                if self._running is not job:
+                    return False
+                self._client().touch(job.id)
+        except (NotFoundError, ClientConnectionError) as error:
+            logger.warning("job %d: could not touch it (%s)", job.id, error)
+            return False
+        logger.debug("job %d: touched, its handler is still running", job.id)
+        return True
 
     def _cold_stop(self, job: WorkerJob) -> None:
         logger.warning("stopping at once: job %d goes back to the queue", job.id)
@@ -482,15 +381,6 @@ class Worker(WorkerBase[Handler]):
             connection.close()  # the server puts the job back, priority unchanged
         logging.shutdown()
         os._exit(128 + int(self._stop_signal))
-
-
-def _parse(address: Address | str) -> Address | TextAddress:
-    """Text in the forms ``host:port`` and ``unix:PATH`` becomes an address; the rest stays."""
-    if isinstance(address, str) and (
-        address.startswith("unix:") or (":" in address and "/" not in address)
-    ):
-        return parse_address(address)
-    return address
 
 
 __all__ = [

@@ -1,15 +1,21 @@
-"""greenstalk.aio.Worker against real servers: the sync worker's rules, plus concurrency."""
+"""greenstalk.aio.Worker against real servers: coroutine handlers, threads, concurrency.
+
+What both workers do is in test_worker_shared.py (with plain handlers,
+which this worker runs in threads).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import signal
 import subprocess
 import sys
+import textwrap
+import threading
 import time
 from collections.abc import Coroutine
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import pytest
 
@@ -28,24 +34,6 @@ def run(coroutine: Coroutine[Any, Any, T], timeout: float = 30) -> T:
 
 def worker_for(address: greenstalk.Address, **options: Any) -> Worker:
     return Worker(address, socket_timeout=10, **options)
-
-
-def test_success_deletes_each_job(
-    address: greenstalk.Address, make_sync_client: MakeClient
-) -> None:
-    client = make_sync_client(use="emails")
-    ids = client.put_many([b"a", b"b", b"c"])
-    seen: list[tuple[int, str, bytes]] = []
-    worker = worker_for(address)
-
-    @worker.handler("emails")
-    async def send(job: WorkerJob) -> None:
-        seen.append((job.id, job.tube, job.body))
-
-    assert run(worker.run(burst=True)) == 0
-    assert seen == [(ids[0], "emails", b"a"), (ids[1], "emails", b"b"), (ids[2], "emails", b"c")]
-    assert client.stats_tube("emails")["current-jobs-ready"] == 0
-    assert worker.counts["deleted"] == 3
 
 
 def test_handlers_run_concurrently_up_to_the_bound(
@@ -72,7 +60,45 @@ def test_handlers_run_concurrently_up_to_the_bound(
     assert client.stats()["current-jobs-ready"] == 0
 
 
-def test_sync_handlers_and_decisions(
+def test_plain_handlers_run_in_threads_at_once(
+    address: greenstalk.Address, make_sync_client: MakeClient
+) -> None:
+    """Four blocking handlers meet at a barrier: they ran at the same time, off the loop."""
+    client = make_sync_client()
+    client.put_many([b"%d" % i for i in range(8)])
+    barrier = threading.Barrier(4, timeout=10)
+    threads: set[str] = set()
+
+    def meet(job: greenstalk.WorkerJob) -> None:
+        threads.add(threading.current_thread().name)
+        barrier.wait()
+
+    worker = worker_for(address, handlers={"default": meet}, concurrency=4)
+    run(worker.run(burst=True))
+    assert worker.counts == {"deleted": 8, "released": 0, "buried": 0, "failed": 0}
+    assert len(threads) == 4  # a pool of `concurrency` threads, used again
+    assert threading.main_thread().name not in threads
+
+
+def test_a_plain_handler_that_returns_a_coroutine_has_it_awaited(
+    address: greenstalk.Address, make_sync_client: MakeClient
+) -> None:
+    """``lambda job: work(job.body)`` with an async ``work`` keeps working: run on the loop."""
+    client = make_sync_client()
+    client.put(b"x")
+    done: list[bytes] = []
+
+    async def work(body: bytes) -> None:
+        await asyncio.sleep(0)
+        done.append(body)
+
+    worker = worker_for(address, handlers={"default": lambda job: work(job.body)})
+    run(worker.run(burst=True))
+    assert done == [b"x"]
+    assert worker.counts["deleted"] == 1
+
+
+def test_coroutine_handlers_decide(
     address: greenstalk.Address, make_sync_client: MakeClient
 ) -> None:
     client = make_sync_client()
@@ -88,16 +114,14 @@ def test_sync_handlers_and_decisions(
             await job.bury(priority=1)
             job.delete()
 
-    run(worker_for(address, handlers={"default": decide}).run(burst=True))
+    worker = worker_for(address, handlers={"default": decide})
+    run(worker.run(burst=True))
     assert client.stats_job(released)["state"] == "delayed"
     assert client.stats_job(released)["pri"] == 3
     assert client.stats_job(buried)["state"] == "buried"
     with pytest.raises(greenstalk.NotFoundError):
         client.peek(kept)
-    plain = client.put(b"plain")
-    run(worker_for(address, handlers={"default": lambda job: None}).run(burst=True))
-    with pytest.raises(greenstalk.NotFoundError):
-        client.peek(plain)
+    assert worker.counts == {"deleted": 1, "released": 1, "buried": 1, "failed": 0}
 
 
 def test_failures_back_off_then_bury(
@@ -136,8 +160,14 @@ def test_auto_touch_keeps_a_slow_job(
     assert client.stats()["current-jobs-ready"] == 0
 
 
+async def nothing(job: WorkerJob) -> None:
+    """A coroutine handler with nothing to do."""
+
+
+@pytest.mark.parametrize("handler", [nothing, lambda job: None], ids=["coroutine", "plain"])
 def test_a_finished_job_and_the_next_reserve_share_a_write(
-    address: greenstalk.Address, make_sync_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+    address: greenstalk.Address, make_sync_client: MakeClient, monkeypatch: pytest.MonkeyPatch,
+    handler: Any,
 ) -> None:
     client = make_sync_client()
     client.put_many([b"%d" % i for i in range(30)])
@@ -159,7 +189,7 @@ def test_a_finished_job_and_the_next_reserve_share_a_write(
         transport.write = counted  # type: ignore[method-assign,assignment]
 
     monkeypatch.setattr(greenstalk.aio.Client, "_open", counting_open)
-    worker = worker_for(address, handlers={"default": lambda job: None})
+    worker = worker_for(address, handlers={"default": handler})
     run(worker.run(burst=True))
     assert worker.counts["deleted"] == 30
     assert writes <= 32  # the set-up, then one write a job
@@ -202,82 +232,119 @@ def test_stops(address: greenstalk.Address, make_sync_client: MakeClient) -> Non
     assert time.monotonic() - begun < 2
 
 
-def test_bad_settings() -> None:
-    with pytest.raises(ValueError, match="concurrency"):
-        Worker(("127.0.0.1", 1), concurrency=0)
-    with pytest.raises(ValueError, match="no handler"):
-        run(Worker(("127.0.0.1", 1)).run())
+def test_a_cold_stop_gives_back_the_jobs_of_thread_run_handlers(
+    address: greenstalk.Address, make_sync_client: MakeClient
+) -> None:
+    client = make_sync_client()
+    ids = [client.put(b"a", priority=4), client.put(b"b", priority=5)]
+    both_started = threading.Barrier(3, timeout=10)
+    let_go = threading.Event()
 
+    def blocked(job: greenstalk.WorkerJob) -> None:
+        both_started.wait()
+        let_go.wait(30)
 
-def test_reconnects(start_server: StartServer, tmp_path: Path) -> None:
-    path = str(tmp_path / "socket")
-    done: list[bytes] = []
-    worker = Worker(path, handlers={"default": lambda job: done.append(job.body)},
-                    reconnect_base=0.05, reconnect_cap=0.1, socket_timeout=5)
+    worker = worker_for(address, handlers={"default": blocked}, concurrency=2)
 
-    async def main() -> None:
+    async def main() -> int:
         running = asyncio.ensure_future(worker.run())
-        await asyncio.sleep(0.3)  # nothing listens yet: the worker keeps trying
-        assert not running.done()
-        server = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: _serve_at(start_server, path)
-        )
-        with greenstalk.Client(server) as client:
-            client.put(b"late")
-        while not done:
-            await asyncio.sleep(0.02)
-        worker.stop()
-        assert await running == 0
+        await asyncio.get_running_loop().run_in_executor(None, both_started.wait)
+        worker.stop(cold=True)
+        return await running
 
-    run(main())
-    assert done == [b"late"]
+    try:
+        begun = time.monotonic()
+        assert run(main()) == 128 + signal.SIGTERM
+        assert time.monotonic() - begun < 5
+        assert [client.stats_job(job_id)["state"] for job_id in ids] == ["ready", "ready"]
+        assert [client.stats_job(job_id)["pri"] for job_id in ids] == [4, 5]
+    finally:
+        let_go.set()
 
 
-def _serve_at(start_server: StartServer, path: str) -> str:
-    from greenstalk.testing import run_server
-
-    context = run_server("greenstalkd", address=path)
-    server = context.__enter__()
-    _OPEN.append(context)
-    return str(server.address)
+def test_concurrency_is_checked() -> None:
+    for concurrency in (0, 1.5, True):
+        with pytest.raises(ValueError, match="concurrency must be an int >= 1"):
+            Worker(("127.0.0.1", 1), concurrency=concurrency)  # type: ignore[arg-type]
 
 
-_OPEN: list[Any] = []
+def test_the_asyncio_worker_takes_the_sync_workers_settings() -> None:
+    """Every setting by name, with the same default, plus concurrency; no ``**settings``."""
+    sync = inspect.signature(greenstalk.Worker).parameters.values()
+    aio = dict(inspect.signature(Worker).parameters)
+    concurrency = aio.pop("concurrency")
+    assert (concurrency.kind, concurrency.default) == (inspect.Parameter.KEYWORD_ONLY, 1)
+    assert [(p.name, p.kind, p.default) for p in aio.values()] == [
+        (p.name, p.kind, p.default) for p in sync
+    ]
+    assert "concurrency" in (Worker.__doc__ or "")
 
 
-@pytest.fixture(autouse=True)
-def _close_servers() -> Any:
-    yield
-    while _OPEN:
-        _OPEN.pop().__exit__(None, None, None)
+def test_the_asyncio_worker_does_not_load_the_blocking_side() -> None:
+    """greenstalk.aio and its worker never import greenstalk.worker or greenstalk.client.
+
+    The package's __init__ imports both for ``greenstalk.Worker``, so the
+    subprocess loads the package's modules without running it.
+    """
+    script = textwrap.dedent("""
+        import importlib.util, sys, types
+        spec = importlib.util.find_spec("greenstalk")
+        package = types.ModuleType("greenstalk")
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules["greenstalk"] = package
+        import greenstalk.aio
+        print(" ".join(sorted(name for name in sys.modules if name.startswith("greenstalk"))))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=True)
+    loaded = done.stdout.split()
+    assert "greenstalk._aio_worker" in loaded
+    assert "greenstalk._worker_rules" in loaded
+    assert "greenstalk.worker" not in loaded
+    assert "greenstalk.client" not in loaded
 
 
 SCRIPT = """
-import asyncio, logging, sys
+import asyncio, logging, sys, time
 import greenstalk.aio
 
 logging.basicConfig(level=logging.INFO)
 
-async def slow(job):
+async def coroutine(job):
     print("started", flush=True)
     await asyncio.sleep(float(sys.argv[2]))
     print("finished", flush=True)
 
-worker = greenstalk.aio.Worker(sys.argv[1], handlers={"default": slow})
+def plain(job):
+    print("started", flush=True)
+    time.sleep(float(sys.argv[2]))
+    print("finished", flush=True)
+
+handler = coroutine if sys.argv[3] == "coroutine" else plain
+worker = greenstalk.aio.Worker(sys.argv[1], handlers={"default": handler})
 sys.exit(asyncio.run(worker.run()))
 """
 
 
+def read_until(stream: IO[bytes], text: bytes) -> None:
+    """Read lines until one holds ``text``; fails if the stream ends first."""
+    for line in stream:
+        if text in line:
+            return
+    pytest.fail(f"{text!r} never came")
+
+
+@pytest.mark.parametrize("handler", ["coroutine", "plain"])
 @pytest.mark.parametrize(("signals", "code", "finished"), [(1, 0, True), (2, 130, False)])
 def test_signals(
-    start_server: StartServer, signals: int, code: int, finished: bool
+    start_server: StartServer, signals: int, code: int, finished: bool, handler: str
 ) -> None:
     server = start_server(unix=True)
     assert isinstance(server.address, str)
     with greenstalk.Client(server.address) as client:
         job_id = client.put(b"x")
         process = subprocess.Popen(
-            [sys.executable, "-c", SCRIPT, server.address, "1.5" if finished else "60"],
+            [sys.executable, "-c", SCRIPT, server.address, "1.5" if finished else "60", handler],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
@@ -285,44 +352,18 @@ def test_signals(
         assert process.stderr is not None
         with process.stdout, process.stderr:
             assert process.stdout.readline() == b"started\n"
+            started = time.monotonic()
             process.send_signal(signal.SIGINT)
+            # The first signal is logged, as the sync worker logs it.
+            read_until(process.stderr, b"stopping once the 1 running job(s) are done; stop again")
             if signals == 2:
-                time.sleep(0.3)  # two signals at once arrive as one
                 process.send_signal(signal.SIGINT)
             assert process.wait(10) == code
+            if not finished:
+                assert time.monotonic() - started < 5
             assert (b"finished" in process.stdout.read()) is finished
         if finished:
             with pytest.raises(greenstalk.NotFoundError):
                 client.peek(job_id)
         else:
             assert client.stats_job(job_id)["state"] == "ready"
-
-
-def test_a_job_gone_from_the_server_is_not_acknowledged(
-    address: greenstalk.Address,
-    make_sync_client: MakeClient,
-    caplog: pytest.LogCaptureFixture,
-    server_kind: str,
-) -> None:
-    client = make_sync_client()
-    job_id = client.put(b"x", ttr=1)
-    later = client.put(b"y")
-
-    async def handle(job: WorkerJob) -> None:
-        if job.id == job_id:
-            await asyncio.sleep(2)
-            loop = asyncio.get_running_loop()
-            stats = await loop.run_in_executor(None, client.stats_job, job_id)
-            if server_kind == "beanstalkd" and stats["state"] == "reserved":
-                # beanstalkd 1.12 can lose track of a TTR until the holder's
-                # connection sends a command (docs/server.rst): a touch does.
-                await job.touch()
-                await asyncio.sleep(2)
-            await loop.run_in_executor(None, client.delete, job_id)
-            raise RuntimeError("too late")
-
-    worker = worker_for(address, handlers={"default": handle}, auto_touch=False)
-    assert run(worker.run(burst=True)) == 0
-    assert f"job {job_id} is gone from the server" in caplog.text
-    with pytest.raises(greenstalk.NotFoundError):
-        client.peek(later)
