@@ -7,32 +7,53 @@ from collections.abc import Mapping
 from typing import Union
 
 ADDRESS_VARIABLE = "BEANSTALKD_ADDRESS"
-DEFAULT_ADDRESS = "127.0.0.1:11300"
+DEFAULT_PORT = 11300
+DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
 
 TextAddress = Union[tuple[str, int], str]
 
 
 def parse_address(text: str) -> TextAddress:
-    """Turn ``host:port`` into ``(host, port)``; keep a Unix socket path as it is.
+    """Turn ``host:port`` (or ``host`` alone, port 11300) into ``(host, port)``.
 
-    A path is anything with a ``/`` in it, optionally written as beanstalkd's
-    ``unix:PATH``. An IPv6 host goes in brackets: ``[::1]:11300``.
-    Raises ValueError for anything else.
+    A Unix socket path is kept as it is: anything with a ``/`` in it,
+    optionally written as beanstalkd's ``unix:PATH``. An IPv6 host goes in
+    brackets, with or without a port: ``[::1]:11300``, ``[::1]``. Raises
+    ValueError for anything else: an empty text, a host with spaces, an
+    unbracketed IPv6 address, a port that is not a number from 1 to 65535.
     """
     text = text.strip()
     if text.startswith("unix:"):
         path = text[len("unix:") :]
         if path:
             return path
-    elif "/" in text:
+        raise ValueError("'unix:' names no socket: write unix:PATH")
+    if "/" in text:
         return text
-    host, colon, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if colon and host and port.isascii() and port.isdigit() and 0 < int(port) < 65536:
+    if text.startswith("[") and "]" in text:
+        closing = text.index("]")
+        host, rest = text[1:closing], text[closing + 1 :]
+        if rest and not rest.startswith(":"):
+            raise _not_an_address(text)
+        port = rest[1:] if rest else None
+    elif text.count(":") > 1:
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, as in [::1]:11300")
+    else:
+        host, colon, port_text = text.partition(":")
+        port = port_text if colon else None
+    if not host or any(character.isspace() or character in "[]" for character in host):
+        raise _not_an_address(text)
+    if port is None:
+        return host, DEFAULT_PORT
+    if port.isascii() and port.isdigit() and 0 < int(port) < 65536:
         return host, int(port)
-    raise ValueError(
-        f"{text!r} is neither host:port (such as {DEFAULT_ADDRESS}) nor the path of a Unix socket"
+    raise ValueError(f"{text!r}: the port must be a number from 1 to 65535")
+
+
+def _not_an_address(text: str) -> ValueError:
+    return ValueError(
+        f"{text!r} is neither host[:port] (such as {DEFAULT_ADDRESS}) nor the path of a "
+        "Unix socket"
     )
 
 

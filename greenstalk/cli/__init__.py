@@ -1,25 +1,33 @@
 """The ``greenstalk`` command: inspect and operate a beanstalkd server from a shell.
 
 ``greenstalk [--address ADDRESS] [--json] [--timeout SECONDS] COMMAND ...``
-talks to ``--address`` (``host:port`` or the path of a Unix socket), else to
-``$BEANSTALKD_ADDRESS``, else to 127.0.0.1:11300. The commands are ``put``,
+talks to ``--address`` (``host:port``, ``host`` for port 11300, or the path
+of a Unix socket), else to ``$BEANSTALKD_ADDRESS``, else to
+127.0.0.1:11300. The commands are ``put``,
 ``peek``, ``peek-ready``, ``peek-delayed``, ``peek-buried``, ``delete``,
 ``kick``, ``kick-job``, ``pause``, ``stats``, ``tubes``, ``drain``, ``top``,
 ``worker`` and ``serve``; ``greenstalk COMMAND --help`` describes each.
 Output is a human-readable table or line by default, and one JSON document
-per line with ``--json``. An error is one line on stderr, never a traceback.
+per line with ``--json`` (the keys it makes up in snake_case, statistics
+under the server's names). An error is one line on stderr, never a
+traceback. A tube that does not exist is an empty one: ``kick``, ``pause``
+and ``drain`` of it do nothing, say so, and succeed.
 
 Exit codes:
 
 * 0: success.
-* 1: the server refused the command or found nothing (an unknown job, an
-  empty tube, a server in drain mode), or a drain was declined; also when
-  the output is closed early (a pipe into ``head``).
+* 1: the server refused the command or found nothing (an unknown job, a
+  tube without a job in the state asked for, a server in drain mode), or a
+  drain was declined; also when the output is closed early (a pipe into
+  ``head``).
 * 2: usage error: a bad option, argument or address (``--address`` or
   ``$BEANSTALKD_ADDRESS``), a worker that cannot be loaded, a drain without
-  ``--yes`` when stdin is not a terminal.
-* 3: the server cannot be reached, or the connection failed or timed out.
-* 130: interrupted (Ctrl-C).
+  ``--yes`` when stdin is not a terminal, a body that ``put --codec``
+  rejects.
+* 3: the server cannot be reached, or the connection failed or timed out;
+  also a ``worker --burst`` that cannot reach the server.
+* 130: interrupted (Ctrl-C); ``put --lines`` and ``drain`` say how many
+  jobs they did first.
 
 ``greenstalk serve`` and ``greenstalk worker`` return the exit code of the
 server and of the worker.

@@ -2,70 +2,73 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import contextlib
-import importlib
-import itertools
-import logging
-import os
+import dataclasses
 import sys
-from collections.abc import Iterable, Iterator, Mapping
-from typing import IO, Any, Callable
+from collections.abc import Awaitable, Mapping
+from typing import Callable
 
 import click
+from rich.progress import MofNCompleteColumn, TimeRemainingColumn
 
 from .. import (
-    DEFAULT_PRIORITY,
-    DEFAULT_TTR,
     BeanstalkdError,
     Client,
     ClientConnectionError,
     Job,
-    PutManyError,
+    NotFoundError,
     StatsTube,
     __version__,
-    describe_address,
+    aio,
 )
-from .._protocol import commands
-from .._protocol.commands import Request
+from .._protocol.commands import U32_MAX
 from . import EXIT_CONNECTION, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from ._common import (
     JOB_ID,
-    U32,
     Failure,
+    OneOf,
     Settings,
+    WholeNumber,
+    address_text,
     check_tube_name,
     common_options,
+    complete_tubes,
     describe_refusal,
     emit_json,
     key_value_table,
     not_found,
     plural,
     progress_bar,
+    run_coroutine,
+    server_statistics,
     show,
     stdout_console,
     table,
+    tube_argument,
     tube_option,
     tube_statistics,
 )
+from ._put import put
 from ._top import top
-
-# put --lines sends the lines in chunks of this many jobs, each pipelined.
-LINES_PER_CHUNK = 1000
+from ._worker import worker
 
 STATES = ("ready", "delayed", "buried")
-
-PEEK_REQUESTS: dict[str, Callable[[], Request[tuple[int, bytes]]]] = {
-    "ready": commands.peek_ready,
-    "delayed": commands.peek_delayed,
-    "buried": commands.peek_buried,
-}
+# A body that is not text is shown as a bytes literal of its first bytes.
+PREVIEW_BYTES = 64
 
 PeekFunction = Callable[[Client[bytes]], Job[bytes]]
 PEEKS: dict[str, tuple[PeekFunction, str]] = {
     "ready": (Client.peek_ready, "Show the ready job of a tube that would be reserved next."),
     "delayed": (Client.peek_delayed, "Show the delayed job of a tube that becomes ready soonest."),
     "buried": (Client.peek_buried, "Show the oldest buried job of a tube."),
+}
+
+AsyncPeek = Callable[[aio.Client[bytes]], Awaitable[Job[bytes]]]
+ASYNC_PEEKS: dict[str, AsyncPeek] = {
+    "ready": aio.Client.peek_ready,
+    "delayed": aio.Client.peek_delayed,
+    "buried": aio.Client.peek_buried,
 }
 
 
@@ -79,12 +82,12 @@ def run(argv: list[str]) -> int:
     except click.ClickException as error:  # usage errors (exit 2) among them
         context = error.ctx if isinstance(error, click.UsageError) else None
         hint = "" if context is None else f" (see '{context.command_path} --help')"
-        return _report(error.format_message() + hint, error.exit_code)
+        return _report(_usage_message(error) + hint, error.exit_code)
     except Failure as error:
         return _report(error.message, error.code)
     except ClientConnectionError as error:
         where = settings.connected_to
-        prefix = "" if where is None else f"{describe_address(where)}: "
+        prefix = "" if where is None else f"{address_text(where)}: "
         return _report(f"{prefix}{error}", EXIT_CONNECTION)
     except BeanstalkdError as error:
         return _report(describe_refusal(error), EXIT_FAILURE)
@@ -96,6 +99,13 @@ def run(argv: list[str]) -> int:
     return result if isinstance(result, int) else EXIT_OK
 
 
+def _usage_message(error: click.ClickException) -> str:
+    """The message of a click error; a bad value's is ours alone, without click's preamble."""
+    if isinstance(error, click.BadParameter) and not isinstance(error, click.MissingParameter):
+        return error.message
+    return error.format_message()
+
+
 def _report(message: str, code: int) -> int:
     click.echo(f"greenstalk: {message}", err=True)
     return code
@@ -105,7 +115,8 @@ def _report(message: str, code: int) -> int:
     invoke_without_command=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-@click.version_option(__version__, "--version", "-V", prog_name="greenstalk")
+@click.version_option(__version__, "--version", "-V", prog_name="greenstalk",
+                      help="Print the version and exit.")
 @common_options
 @click.pass_context
 def cli(ctx: click.Context) -> int | None:
@@ -113,6 +124,9 @@ def cli(ctx: click.Context) -> int | None:
 
     The server is --address, else $BEANSTALKD_ADDRESS, else 127.0.0.1:11300.
     --address, --json and --timeout may also follow the command's name.
+
+    -V is --version here; for greenstalkd (and greenstalk serve), as for
+    beanstalkd, -V means verbose.
 
     Exit codes: 0 success, 1 refused or not found, 2 usage error,
     3 connection failed, 130 interrupted.
@@ -123,133 +137,7 @@ def cli(ctx: click.Context) -> int | None:
     return None
 
 
-# -- put -----------------------------------------------------------------------
-
-
-@cli.command()
-@click.argument("body", required=False)
-@click.option(
-    "--file",
-    "-f",
-    "path",
-    metavar="PATH",
-    help="Read the body (with --lines: the lines) from PATH; - is stdin.",
-)
-@click.option(
-    "--lines",
-    is_flag=True,
-    help="Put each line (without its line break) as a job, pipelined.",
-)
-@tube_option("The tube to put into.")
-@click.option("--priority", "-p", type=U32, default=DEFAULT_PRIORITY, show_default=True,
-              help="0 is the most urgent.")
-@click.option("--delay", "-d", type=U32, default=0, show_default=True,
-              help="Seconds before the job is ready.")
-@click.option("--ttr", type=U32, default=DEFAULT_TTR, show_default=True,
-              help="Seconds a worker may hold the job.")
-@common_options
-@click.pass_obj
-def put(
-    settings: Settings,
-    body: str | None,
-    path: str | None,
-    lines: bool,
-    tube: str,
-    priority: int,
-    delay: int,
-    ttr: int,
-) -> None:
-    """Put a job, or with --lines one job per line.
-
-    The body is BODY, or the contents of --file, or stdin (when BODY is
-    absent or -). Prints the new job's id. With --lines, every line is a
-    job of its own, sent in pipelined batches as they are read, and the
-    count is printed.
-    """
-    argument = None if body == "-" else body
-    if argument is not None and (path is not None or lines):
-        raise click.UsageError("give BODY, or --file and --lines, not both")
-    with settings.connect(tube) as client:
-        if argument is not None:
-            # The argument's bytes as the shell passed them.
-            _put_one(settings, client, os.fsencode(argument), priority, delay, ttr)
-            return
-        with _open_input(path) as stream:
-            if lines:
-                _put_lines(settings, client, stream, tube, priority, delay, ttr)
-            else:
-                _put_one(settings, client, stream.read(), priority, delay, ttr)
-
-
-def _open_input(path: str | None) -> contextlib.AbstractContextManager[IO[bytes]]:
-    """The file at ``path``, or stdin for None or ``-``. Raises Failure (exit 2) if unreadable."""
-    if path is None or path == "-":
-        return contextlib.nullcontext(sys.stdin.buffer)
-    try:
-        return open(path, "rb")
-    except OSError as error:
-        raise Failure(f"cannot read {path}: {error.strerror}", EXIT_USAGE) from None
-
-
-def _put_one(
-    settings: Settings, client: Client[bytes], body: bytes, priority: int, delay: int, ttr: int
-) -> None:
-    job_id = client.put(body, priority, delay, ttr)
-    if settings.json:
-        emit_json({"id": job_id})
-    else:
-        click.echo(job_id)
-
-
-def _put_lines(
-    settings: Settings,
-    client: Client[bytes],
-    stream: IO[bytes],
-    tube: str,
-    priority: int,
-    delay: int,
-    ttr: int,
-) -> None:
-    ids: list[int] = []
-    with progress_bar() as progress:
-        task = progress.add_task("putting", total=None)
-        for chunk in _chunks(_lines(stream), LINES_PER_CHUNK):
-            try:
-                new_ids = client.put_many(chunk, priority, delay, ttr)
-            except PutManyError as error:
-                index, refusal = min(error.errors.items())
-                put_now = sum(job_id is not None for job_id in error.ids)
-                raise Failure(
-                    f"the server refused {plural(len(error.errors), 'line')}, the first at line "
-                    f"{len(ids) + index + 1}: {describe_refusal(refusal)}; "
-                    f"{plural(len(ids) + put_now, 'job')} were put"
-                ) from None
-            ids.extend(new_ids)
-            progress.advance(task, len(new_ids))
-    if settings.json:
-        first, last = (ids[0], ids[-1]) if ids else (None, None)
-        emit_json({"count": len(ids), "first_id": first, "last_id": last, "tube": tube})
-    elif ids:
-        click.echo(f"put {plural(len(ids), 'job')} into tube {tube} (ids {ids[0]} to {ids[-1]})")
-    else:
-        click.echo(f"put no job into tube {tube}")
-
-
-def _lines(stream: IO[bytes]) -> Iterator[bytes]:
-    """The lines of ``stream`` without their line break (LF or CRLF)."""
-    for line in stream:
-        if line.endswith(b"\r\n"):
-            yield line[:-2]
-        elif line.endswith(b"\n"):
-            yield line[:-1]
-        else:
-            yield line
-
-
-def _chunks(items: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
-    iterator = iter(items)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
+cli.add_command(put)
 
 
 # -- peek ----------------------------------------------------------------------
@@ -299,9 +187,14 @@ def _show_job(settings: Settings, client: Client[bytes], job: Job[bytes], raw: b
             ]
         )
     )
-    shown = repr(job.body) if text is None else text
     click.echo()
-    click.echo(shown, nl=not shown.endswith("\n"))
+    if text is not None:
+        click.echo(text, nl=not text.endswith("\n"))
+        return
+    cut = len(job.body) > PREVIEW_BYTES
+    click.echo(repr(job.body[:PREVIEW_BYTES]) + ("..." if cut else ""))
+    shown = f"the first {PREVIEW_BYTES} of {len(job.body)} bytes are shown; " if cut else ""
+    click.echo(f"(not text: {shown}--raw writes the body byte for byte)")
 
 
 @cli.command()
@@ -313,7 +206,8 @@ def peek(settings: Settings, job_id: int, raw: bool) -> None:
     """Show job ID, in any tube and state, without reserving it.
 
     Prints its tube, state and priority, then the body: as text when it is
-    UTF-8, else as a Python bytes literal.
+    UTF-8, else the start of it as a Python bytes literal (--raw writes it
+    all).
     """
     _check_raw(settings, raw)
     with settings.connect() as client:
@@ -363,10 +257,9 @@ def delete(settings: Settings, job_ids: tuple[int, ...]) -> None:
     the connection that reserved it. Exits with 1 if some of the jobs were
     not found; the others are deleted.
     """
-    with settings.connect() as client:
-        results = client._pipeline(commands.delete(job_id) for job_id in job_ids)
-    deleted = [job_id for job_id, result in zip(job_ids, results) if result is None]
-    missing = [job_id for job_id, result in zip(job_ids, results) if result is not None]
+    found = run_coroutine(_delete_each(settings, job_ids))
+    deleted = [job_id for job_id, there in zip(job_ids, found) if there]
+    missing = [job_id for job_id, there in zip(job_ids, found) if not there]
     if settings.json:
         emit_json({"deleted": deleted, "not_found": missing})
     elif deleted:
@@ -375,8 +268,27 @@ def delete(settings: Settings, job_ids: tuple[int, ...]) -> None:
         raise Failure(f"{_jobs(missing)} not found (or reserved by another connection)")
 
 
+async def _delete_each(settings: Settings, job_ids: tuple[int, ...]) -> list[bool]:
+    """Delete the jobs, pipelined; for each, whether it was there to delete."""
+    async with settings.connect_aio() as client:
+        return list(await asyncio.gather(*(_deleted(client, job_id) for job_id in job_ids)))
+
+
+async def _deleted(client: aio.Client[bytes], job_id: int) -> bool:
+    """Delete a job; False when the server does not have it (or another connection holds it)."""
+    try:
+        await client.delete(job_id)
+    except NotFoundError:
+        return False
+    return True
+
+
+def _missing(tube: str) -> str:
+    return f"tube {tube} does not exist"
+
+
 @cli.command()
-@click.argument("bound", type=U32)
+@click.argument("bound", type=WholeNumber("BOUND", 0, U32_MAX))
 @tube_option("The tube to kick jobs in.")
 @common_options
 @click.pass_obj
@@ -384,13 +296,30 @@ def kick(settings: Settings, bound: int, tube: str) -> None:
     """Move up to BOUND jobs of a tube to ready.
 
     The tube's buried jobs are kicked if it has any, else its delayed ones.
+    A tube that does not exist has no job to kick: that is said, and the
+    exit status is 0.
     """
-    with settings.connect(tube) as client:
-        kicked = client.kick(bound)
+    kicked = 0
+    with settings.connect() as client:
+        exists = _tube_exists(client, tube)
+        if exists:
+            client.use(tube)
+            kicked = client.kick(bound)
     if settings.json:
-        emit_json({"tube": tube, "kicked": kicked})
-    else:
+        emit_json({"tube": tube, "kicked": kicked, "exists": exists})
+    elif exists:
         click.echo(f"kicked {plural(kicked, 'job')} in tube {tube}")
+    else:
+        click.echo(f"kicked 0 jobs: {_missing(tube)}")
+
+
+def _tube_exists(client: Client[bytes], tube: str) -> bool:
+    """Whether the server has ``tube`` now (without creating it, as ``use`` would)."""
+    try:
+        client.stats_tube(tube)
+    except NotFoundError:
+        return False
+    return True
 
 
 @cli.command("kick-job")
@@ -402,22 +331,33 @@ def kick_job(settings: Settings, job_id: int) -> None:
     with settings.connect() as client, not_found(f"job {job_id} is not buried or delayed"):
         client.kick_job(job_id)
     if settings.json:
-        emit_json({"kicked": job_id})
+        emit_json({"id": job_id, "kicked": 1})
     else:
         click.echo(f"kicked job {job_id}")
 
 
 @cli.command()
-@click.argument("tube", callback=check_tube_name)
-@click.argument("seconds", type=U32)
+@tube_argument
+@click.argument("seconds", type=WholeNumber("SECONDS", 0, U32_MAX))
 @common_options
 @click.pass_obj
 def pause(settings: Settings, tube: str, seconds: int) -> None:
-    """Pause reservations from TUBE for SECONDS (0 ends a pause)."""
-    with settings.connect() as client, not_found(f"tube {tube} not found"):
-        client.pause_tube(tube, seconds)
+    """Pause reservations from TUBE for SECONDS (0 ends a pause).
+
+    A tube that does not exist cannot be paused (the server keeps a tube
+    only while it has jobs or clients): that is said, and the exit status
+    is 0.
+    """
+    with settings.connect() as client:
+        try:
+            client.pause_tube(tube, seconds)
+            exists = True
+        except NotFoundError:
+            exists = False
     if settings.json:
-        emit_json({"tube": tube, "seconds": seconds})
+        emit_json({"tube": tube, "seconds": seconds, "exists": exists})
+    elif not exists:
+        click.echo(f"paused nothing: {_missing(tube)}")
     elif seconds:
         click.echo(f"paused tube {tube} for {plural(seconds, 'second')}")
     else:
@@ -429,7 +369,7 @@ def pause(settings: Settings, tube: str, seconds: int) -> None:
 
 @cli.command()
 @click.option("--tube", "-t", metavar="TUBE", callback=check_tube_name,
-              help="Show this tube's statistics.")
+              shell_complete=complete_tubes, help="Show this tube's statistics.")
 @click.option("--job", "-j", "job_id", metavar="ID", type=JOB_ID,
               help="Show this job's statistics.")
 @common_options
@@ -447,7 +387,7 @@ def stats(settings: Settings, tube: str | None, job_id: int | None) -> None:
             with not_found(f"job {job_id} not found"):
                 values = client.stats_job(job_id)
         else:
-            values = client.stats()
+            values = server_statistics(client.stats())
     if settings.json:
         emit_json(dict(values))
     else:
@@ -494,23 +434,31 @@ def tubes(settings: Settings) -> None:
 # -- drain ---------------------------------------------------------------------
 
 
-def _state_counts(stats: StatsTube) -> dict[str, int]:
-    return {
-        "ready": stats["current-jobs-ready"],
-        "delayed": stats["current-jobs-delayed"],
-        "buried": stats["current-jobs-buried"],
-    }
+@dataclasses.dataclass
+class Drain:
+    """What ``drain`` found and has done so far."""
+
+    tube: str
+    exists: bool = True
+    deleted: int = 0
+    reserved: int = 0
+
+    def as_json(self) -> dict[str, object]:
+        """The JSON document ``--json drain`` prints."""
+        return dataclasses.asdict(self)
 
 
 @cli.command()
-@click.argument("tube", callback=check_tube_name)
+@tube_argument
 @click.option(
     "--state",
     "-s",
     "states",
     multiple=True,
-    type=click.Choice(STATES),
-    help="Delete the jobs in this state; repeat for several [default: all three].",
+    type=OneOf("state", STATES),
+    metavar="STATE",
+    help="Delete the jobs in STATE (ready, delayed or buried); repeat for several "
+    "[default: all three].",
 )
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @common_options
@@ -521,30 +469,62 @@ def drain(settings: Settings, tube: str, states: tuple[str, ...], yes: bool) -> 
     Asks first, unless --yes is given; without --yes and without a terminal
     to ask on, refuses. Reserved jobs cannot be drained: only the
     connection that reserved a job may delete it, so they are counted
-    instead.
+    instead. An empty tube, or one that does not exist, drains to 0 jobs
+    with exit status 0. Ctrl-C stops it and says how many were deleted.
     """
     chosen = [state for state in STATES if state in states or not states]
-    with settings.connect() as client:
-        with not_found(f"tube {tube} not found"):
-            counts = _state_counts(client.stats_tube(tube))
-        client.use(tube)
-        total = sum(counts[state] for state in chosen)
-        deleted = 0
-        if total:
-            if not yes:
-                listed = ", ".join(f"{counts[state]} {state}" for state in chosen if counts[state])
-                _confirm(f"Delete {plural(total, 'job')} ({listed}) from tube {tube}?", total)
-            deleted = _delete_jobs(client, chosen, total)
-        reserved = client.stats_tube(tube)["current-jobs-reserved"]
+    done = Drain(tube)
+    try:
+        run_coroutine(_drain(settings, done, chosen, yes))
+    except KeyboardInterrupt:
+        if settings.json:
+            emit_json(done.as_json())
+        raise Failure(
+            f"interrupted: deleted {plural(done.deleted, 'job')} from tube {tube}",
+            EXIT_INTERRUPTED,
+        ) from None
     if settings.json:
-        emit_json({"tube": tube, "deleted": deleted, "reserved": reserved})
+        emit_json(done.as_json())
         return
-    click.echo(f"deleted {plural(deleted, 'job')} from tube {tube}")
-    if reserved:
+    if not done.exists:
+        click.echo(f"deleted 0 jobs: {_missing(tube)}")
+        return
+    click.echo(f"deleted {plural(done.deleted, 'job')} from tube {tube}")
+    if done.reserved:
         click.echo(
-            f"{plural(reserved, 'reserved job')} left: "
+            f"{plural(done.reserved, 'reserved job')} left: "
             "only the connection that reserved a job can delete it"
         )
+
+
+async def _drain(settings: Settings, done: Drain, states: list[str], yes: bool) -> None:
+    """Delete the jobs of ``done.tube`` in ``states``, counting them in ``done`` as it goes."""
+    async with settings.connect_aio() as client:
+        try:
+            stats = await client.stats_tube(done.tube)
+        except NotFoundError:
+            done.exists = False
+            return
+        counts = {
+            "ready": stats["current-jobs-ready"],
+            "delayed": stats["current-jobs-delayed"],
+            "buried": stats["current-jobs-buried"],
+        }
+        total = sum(counts[state] for state in states)
+        if total:
+            if not yes:
+                listed = ", ".join(f"{counts[state]} {state}" for state in states if counts[state])
+                _confirm(f"Delete {plural(total, 'job')} ({listed}) from tube {done.tube}?", total)
+            await client.use(done.tube)
+            with progress_bar(MofNCompleteColumn(), TimeRemainingColumn()) as progress:
+                task = progress.add_task(f"draining {done.tube}", total=total)
+                for state in states:
+                    await _delete_state(client, ASYNC_PEEKS[state], done,
+                                        lambda: progress.advance(task))
+        try:
+            done.reserved = (await client.stats_tube(done.tube))["current-jobs-reserved"]
+        except NotFoundError:  # emptied and unused meanwhile: the server dropped it
+            done.reserved = 0
 
 
 def _confirm(question: str, total: int) -> None:
@@ -559,89 +539,35 @@ def _confirm(question: str, total: int) -> None:
         raise Failure("drain cancelled: no job was deleted")
 
 
-def _delete_jobs(client: Client[bytes], states: list[str], total: int) -> int:
-    """Delete the jobs of the used tube in ``states``, state by state; return how many.
+async def _delete_state(
+    client: aio.Client[bytes], peek: AsyncPeek, done: Drain, advance: Callable[[], None]
+) -> None:
+    """Delete the jobs of the used tube that ``peek`` finds, until it finds none.
 
-    Each round trip deletes the job found last and peeks at the next one.
+    Each round trip deletes the job found last and peeks at the next one:
+    both go out together. A delete fails when another connection reserved
+    or deleted the job meanwhile; it is not counted.
     """
-    deleted = 0
-    with progress_bar() as progress:
-        task = progress.add_task("deleting", total=total)
-        for state in states:
-            peek_request = PEEK_REQUESTS[state]
-            requests: list[Request[Any]] = [peek_request()]
-            while True:
-                results = client._pipeline(requests)
-                # The delete fails when another connection reserved or deleted the job.
-                if len(results) == 2 and results[0] is None:
-                    deleted += 1
-                    progress.advance(task)
-                found = results[-1]
-                if isinstance(found, BeanstalkdError):  # NOT_FOUND: no job left in this state
-                    break
-                job_id, _body = found
-                requests = [commands.delete(job_id), peek_request()]
-    return deleted
+    found = await _peeked(peek, client)
+    while found is not None:
+        deleted, found = await asyncio.gather(_deleted(client, found), _peeked(peek, client))
+        if deleted:
+            done.deleted += 1
+            advance()
+
+
+async def _peeked(peek: AsyncPeek, client: aio.Client[bytes]) -> int | None:
+    """The id of the job ``peek`` finds, or None when there is none."""
+    try:
+        return (await peek(client)).id
+    except NotFoundError:
+        return None
 
 
 # -- top, worker, serve --------------------------------------------------------
 
 cli.add_command(top)
-
-
-@cli.command()
-@click.argument("target", metavar="MODULE:OBJECT")
-@click.option("--burst", is_flag=True, help="Stop once there is no job left to do.")
-@common_options
-@click.pass_obj
-def worker(settings: Settings, target: str, burst: bool) -> int:
-    """Run a greenstalk.Worker, or handlers by tube.
-
-    OBJECT of MODULE is a greenstalk.Worker or a mapping of tube names to
-    handlers. MODULE is imported with the current directory on the module
-    path. A Worker keeps its own address unless --address or
-    $BEANSTALKD_ADDRESS gives one. The worker logs to stderr. Exits with
-    the worker's exit code.
-    """
-    from ..worker import Worker
-
-    found = _load(target)
-    try:
-        if isinstance(found, Mapping):
-            found = Worker(settings.resolve(), handlers=found)
-        elif not isinstance(found, Worker):
-            raise Failure(
-                f"{target} is neither a greenstalk.Worker nor a mapping of tube names to "
-                f"handlers: it is a {type(found).__name__}",
-                EXIT_USAGE,
-            )
-        elif settings.address_given:
-            found.address = settings.resolve()
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-        return found.run(burst=burst)
-    except ValueError as error:
-        # No handler, or a tube name that is not valid.
-        raise Failure(f"{target}: {error}", EXIT_USAGE) from None
-
-
-def _load(target: str) -> Any:
-    """The object ``MODULE:OBJECT`` names. Raises Failure (exit 2) when there is none."""
-    module_name, colon, name = target.partition(":")
-    if not (module_name and colon and name):
-        raise click.BadParameter(
-            f"{target!r} is not MODULE:OBJECT (such as tasks:worker)", param_hint="MODULE:OBJECT"
-        )
-    directory = os.getcwd()
-    if directory not in sys.path:
-        sys.path.insert(0, directory)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise Failure(f"cannot import {module_name}: {error}", EXIT_USAGE) from None
-    try:
-        return getattr(module, name)
-    except AttributeError:
-        raise Failure(f"module {module_name} has no {name}", EXIT_USAGE) from None
+cli.add_command(worker)
 
 
 @cli.command(

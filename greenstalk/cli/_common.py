@@ -1,24 +1,22 @@
-"""What the commands share: settings, errors, parameter checks, consoles and tables."""
+"""What the commands share: settings, errors, parameter types, consoles, tables, completion."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
+import math
 import os
-from collections.abc import Iterable, Iterator
-from typing import Any, Callable, TypeVar
+import socket
+import sys
+from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import click
+from click.shell_completion import CompletionItem
 from rich.console import Console, RenderableType
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -29,11 +27,13 @@ from .. import (
     Client,
     ClientConnectionError,
     DrainingError,
+    Error,
     JobTooBigError,
     NotFoundError,
     OutOfMemoryError,
     StatsTube,
     address_from_environment,
+    aio,
     describe_address,
     parse_address,
 )
@@ -42,10 +42,13 @@ from .._protocol.commands import U32_MAX, U64_MAX, check_tube
 from . import EXIT_CONNECTION, EXIT_FAILURE, EXIT_USAGE
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 10.0
 # Output that is not a terminal is not wrapped at 80 columns: lines stay whole for scripts.
 PLAIN_WIDTH = 1000
+# Shell completion runs while someone waits at a prompt: it gives up on the server sooner.
+COMPLETION_TIMEOUT = 2.0
 
 
 class Failure(Exception):
@@ -55,6 +58,42 @@ class Failure(Exception):
         super().__init__(message)
         self.message = message
         self.code = code
+
+
+def connection_reason(error: ClientConnectionError) -> str:
+    """Why a connection failed: the system's error underneath ``error`` when there is one.
+
+    The messages above it may name the address, even as a Python value
+    (``('127.0.0.1', 1)``, asyncio's "Connect call failed"); callers name
+    it as text themselves, so the reason is the error number's own text.
+    """
+    reason: BaseException = error
+    cause = error.__cause__
+    while cause is not None:
+        if isinstance(cause, OSError) and not isinstance(cause, Error):
+            reason = cause
+        cause = cause.__cause__
+    if (
+        isinstance(reason, OSError)
+        and reason.errno
+        and not isinstance(reason, (Error, socket.gaierror))  # their numbers are not errno's
+    ):
+        return f"[Errno {reason.errno}] {os.strerror(reason.errno)}"
+    return str(reason)
+
+
+def connection_failure(address: object, error: ClientConnectionError) -> Failure:
+    """The Failure (exit 3) for a connection to ``address`` that could not be made."""
+    return Failure(
+        f"cannot connect to {address_text(address)}: {connection_reason(error)}", EXIT_CONNECTION
+    )
+
+
+def address_text(address: object) -> str:
+    """``host:port`` or ``unix:PATH`` for an address; a socket handed in is "a socket"."""
+    if isinstance(address, (str, tuple)):
+        return describe_address(address)
+    return "a socket"
 
 
 @dataclasses.dataclass
@@ -88,26 +127,66 @@ class Settings:
             source = "--address" if self.address is not None else f"${ADDRESS_VARIABLE}"
             raise Failure(f"bad {source}: {error}", EXIT_USAGE) from None
 
+    def open_client(self, tube: str = DEFAULT_TUBE) -> Client[bytes]:
+        """A client of the server, putting into ``tube``.
+
+        Raises :class:`Failure` (exit 2) for a bad address, and
+        :class:`~greenstalk.ClientConnectionError` when the server cannot be reached.
+        """
+        address = self.resolve()
+        self.connected_to = address
+        return Client(
+            address, use=tube, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
+        )
+
     def connect(self, tube: str = DEFAULT_TUBE) -> Client[bytes]:
         """A client of the server, putting into ``tube``.
 
         Raises :class:`Failure`: exit 2 for a bad address, exit 3 when the
         server cannot be reached.
         """
+        try:
+            return self.open_client(tube)
+        except ClientConnectionError as error:
+            raise connection_failure(self.connected_to, error) from None
+
+    @contextlib.asynccontextmanager
+    async def connect_aio(self) -> AsyncIterator[aio.Client[bytes]]:
+        """An asyncio client of the server, closed at the end; raises as :meth:`connect`."""
         address = self.resolve()
         self.connected_to = address
         try:
-            return Client(
-                address,
-                use=tube,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
+            client = await aio.connect(
+                address, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
             )
         except ClientConnectionError as error:
-            reason = error.__cause__ or error
-            raise Failure(
-                f"cannot connect to {describe_address(address)}: {reason}", EXIT_CONNECTION
-            ) from None
+            raise connection_failure(address, error) from None
+        try:
+            yield client
+        finally:
+            await client.close()
+
+
+def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` with :func:`asyncio.run`; Ctrl-C (KeyboardInterrupt) goes through.
+
+    When the interrupt was raised inside the coroutine (Python before 3.11
+    raises it wherever the code is), the task is marked as seen: asyncio
+    would otherwise log it, with a traceback, whenever the task is collected.
+    """
+    task: asyncio.Task[T] | None = None
+
+    async def main() -> T:
+        nonlocal task
+        task = asyncio.current_task()
+        return await coroutine
+
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        if task is not None and task.done() and not task.cancelled():
+            task.exception()
+        raise
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -129,6 +208,97 @@ def _set_timeout(ctx: click.Context, param: click.Parameter, value: float | None
         _settings(ctx).timeout = value
 
 
+# -- parameter types: our own messages, never click's wording ----------------------
+
+if TYPE_CHECKING:  # click is generic over the value type only in its newer releases
+    IntType = click.ParamType[int]
+    FloatType = click.ParamType[float]
+    TextType = click.ParamType[str]
+else:
+    IntType = FloatType = TextType = click.ParamType
+
+
+class WholeNumber(IntType):
+    """A whole number from ``minimum`` to ``maximum`` (None: no upper bound)."""
+
+    name = "whole number"
+
+    def __init__(self, what: str, minimum: int, maximum: int | None = None) -> None:
+        self.what = what
+        self.minimum = minimum
+        self.maximum = maximum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        """``value`` as an int; fails (a usage error) for anything out of range or not a number."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        text = str(value).strip()
+        if text.isascii() and text.isdigit():
+            number = int(text)
+            if number >= self.minimum and (self.maximum is None or number <= self.maximum):
+                return number
+        bounds = (
+            f"of at least {self.minimum}"
+            if self.maximum is None
+            else f"from {self.minimum} to {self.maximum}"
+        )
+        self.fail(f"{self.what} must be a whole number {bounds}, not {value!r}", param, ctx)
+
+
+class Seconds(FloatType):
+    """A number of seconds above 0 (a fraction allowed)."""
+
+    name = "seconds"
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        """``value`` as a float; fails for anything that is not a finite number above 0."""
+        if isinstance(value, float):
+            return value
+        try:
+            seconds = float(str(value).strip())
+        except ValueError:
+            seconds = math.nan
+        if math.isfinite(seconds) and seconds > 0:
+            return seconds
+        self.fail(f"{self.what} must be a number of seconds above 0, not {value!r}", param, ctx)
+
+
+class OneOf(TextType):
+    """One of a few words, compared without regard to case."""
+
+    name = "word"
+
+    def __init__(self, what: str, words: Iterable[str]) -> None:
+        self.what = what
+        self.words = list(words)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        """The word ``value`` names, in lower case; fails for any other text."""
+        word = str(value).strip().lower()
+        if word in self.words:
+            return word
+        *others, last = self.words
+        listed = f"{', '.join(others)} or {last}" if others else last
+        self.fail(f"{self.what} must be {listed}, not {value!r}", param, ctx)
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[CompletionItem]:
+        """The words that start with what was typed."""
+        return [CompletionItem(word) for word in self.words if word.startswith(incomplete)]
+
+
+PRIORITY = WholeNumber("priority", 0, U32_MAX)
+DELAY = WholeNumber("delay", 0, U32_MAX)
+TTR = WholeNumber("TTR", 0, U32_MAX)
+JOB_ID = WholeNumber("job id", 0, U64_MAX)
+
+
 def common_options(function: F) -> F:
     """Add ``--address``, ``--json`` and ``--timeout`` to a command; they fill its Settings."""
     options = [
@@ -138,8 +308,8 @@ def common_options(function: F) -> F:
             metavar="ADDRESS",
             expose_value=False,
             callback=_set_address,
-            help=f"host:port or Unix socket path [default: ${ADDRESS_VARIABLE}, "
-            "else 127.0.0.1:11300]",
+            help="host:port, host (port 11300), or Unix socket path "
+            f"[default: ${ADDRESS_VARIABLE}, else 127.0.0.1:11300]",
         ),
         click.option(
             "--json",
@@ -150,7 +320,7 @@ def common_options(function: F) -> F:
         ),
         click.option(
             "--timeout",
-            type=click.FloatRange(min=0, min_open=True),
+            type=Seconds("timeout"),
             metavar="SECONDS",
             expose_value=False,
             callback=_set_timeout,
@@ -175,8 +345,25 @@ def check_tube_name(ctx: click.Context, param: click.Parameter, value: str | Non
     return value
 
 
-U32 = click.IntRange(0, U32_MAX)
-JOB_ID = click.IntRange(0, U64_MAX)
+def complete_tubes(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Shell completion: the server's tubes whose names start with ``incomplete``.
+
+    Asks the server given so far on the command line (or the default one)
+    with ``list-tubes``; gives nothing on any error, since a completion
+    must never print one.
+    """
+    settings = ctx.find_object(Settings) or Settings()
+    timeout = min(settings.timeout, COMPLETION_TIMEOUT)
+    try:
+        with Client(
+            settings.resolve(), socket_timeout=timeout, socket_connect_timeout=timeout
+        ) as client:
+            names = client.tubes()
+    except Exception:
+        return []
+    return [CompletionItem(name) for name in sorted(names) if name.startswith(incomplete)]
 
 
 def tube_option(help: str) -> Callable[[F], F]:
@@ -188,8 +375,15 @@ def tube_option(help: str) -> Callable[[F], F]:
         default=DEFAULT_TUBE,
         show_default=True,
         callback=check_tube_name,
+        shell_complete=complete_tubes,
         help=help,
     )
+
+
+def tube_argument(function: F) -> F:
+    """The ``TUBE`` argument, checked and completed with the server's tubes."""
+    decorate = click.argument("tube", callback=check_tube_name, shell_complete=complete_tubes)
+    return decorate(function)
 
 
 @contextlib.contextmanager
@@ -224,6 +418,17 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
+def is_draining(stats: Mapping[str, object]) -> bool:
+    """The server's ``draining`` statistic as a bool, whether the client gives a bool or text."""
+    value = stats["draining"]
+    return value is True or value == "true"
+
+
+def server_statistics(stats: Mapping[str, object]) -> dict[str, object]:
+    """The server's statistics with beanstalkd's names, ``draining`` a bool."""
+    return {**stats, "draining": is_draining(stats)}
+
+
 def emit_json(data: object) -> None:
     """Print ``data`` as one line of JSON on stdout."""
     click.echo(json.dumps(data))
@@ -248,18 +453,23 @@ def show(console: Console, renderable: RenderableType) -> None:
         click.echo(line.rstrip())
 
 
-def progress_bar() -> Progress:
-    """A progress bar on stderr, shown only when stderr is a terminal."""
+def progress_bar(*columns: ProgressColumn, reads_stdin: bool = False) -> Progress:
+    """A transient progress bar on stderr: a spinner, the description, a bar, then ``columns``.
+
+    Shown only when stderr is a terminal, and never while the command reads
+    a terminal (``reads_stdin`` with stdin a terminal): it would redraw over
+    what is typed.
+    """
     console = Console(stderr=True)
+    typing = reads_stdin and sys.stdin.isatty()
     return Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
+        *columns,
         console=console,
         transient=True,
-        disable=not console.is_terminal,
+        disable=typing or not console.is_terminal,
     )
 
 
@@ -277,7 +487,8 @@ def key_value_table(rows: Iterable[tuple[str, object]]) -> Table:
     result.add_column(style="bold")
     result.add_column()
     for key, value in rows:
-        result.add_row(Text(key), Text(str(value)))
+        shown = str(value).lower() if isinstance(value, bool) else str(value)
+        result.add_row(Text(key), Text(shown))
     return result
 
 
@@ -288,3 +499,4 @@ def tube_statistics(client: Client[bytes]) -> list[StatsTube]:
         with contextlib.suppress(NotFoundError):
             found.append(client.stats_tube(name))
     return found
+

@@ -5,32 +5,56 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import os
+import select
+import sys
 import time
-from collections.abc import Iterator
+from types import TracebackType
 from typing import Any
 
 import click
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.live import Live
 from rich.text import Text
 
-from .. import Client, Stats, StatsTube, describe_address
+from .. import Client, ClientConnectionError, Stats, StatsTube, describe_address
 from ._common import (
+    Seconds,
     Settings,
+    WholeNumber,
     common_options,
+    connection_reason,
     emit_json,
+    is_draining,
     plural,
     show,
     stdout_console,
-    table,
     tube_statistics,
 )
 
 Frame = dict[str, Any]
 """What one refresh shows, as JSON-able data."""
 
-TOP_COLUMNS = ("tube", "ready", "reserved", "delayed", "buried", "waiting", "urgent", "puts/s",
-               "paused")
+# The table's columns: the key of each in a tube's frame, and its header.
+TOP_COLUMNS = {
+    "name": "tube",
+    "ready": "ready",
+    "reserved": "reserved",
+    "delayed": "delayed",
+    "buried": "buried",
+    "waiting": "waiting",
+    "urgent": "urgent",
+    "puts_per_second": "puts/s",
+    "pause_time_left": "paused",
+}
+# On a narrow terminal, whole columns go, in this order, rather than cut numbers.
+DROPPED_FIRST = (
+    "urgent", "waiting", "pause_time_left", "puts_per_second", "delayed", "buried", "reserved",
+)
+# A tube name is shortened (with an ellipsis) to no fewer characters than this.
+SHORTEST_NAME = 8
+GAP = "  "
+QUIT_KEYS = (b"q", b"Q")
 
 
 @dataclasses.dataclass
@@ -66,10 +90,11 @@ def make_frame(address: str, previous: Snapshot | None, current: Snapshot) -> Fr
     return {
         "address": address,
         "time": current.time,
+        "connected": True,
         "server": {
             "version": server["version"],
             "uptime": server["uptime"],
-            "draining": server["draining"] == "true",
+            "draining": is_draining(server),
             "connections": server["current-connections"],
             "producers": server["current-producers"],
             "workers": server["current-workers"],
@@ -104,6 +129,11 @@ def make_frame(address: str, previous: Snapshot | None, current: Snapshot) -> Fr
     }
 
 
+def disconnected_frame(address: str, error: str) -> Frame:
+    """What a refresh shows while the server cannot be reached."""
+    return {"address": address, "time": time.time(), "connected": False, "error": error}
+
+
 def duration(seconds: int) -> str:
     """``45s``, ``3m 07s``, ``2h 05m``, ``4d 1h``."""
     minutes, seconds = divmod(seconds, 60)
@@ -122,44 +152,186 @@ def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _cell(tube: Frame, key: str) -> str:
+    value = tube[key]
+    if key == "puts_per_second":
+        return _rate(value)
+    if key == "pause_time_left":
+        return f"{value}s" if tube["paused"] else "-"
+    return str(value)
+
+
+def _pack(items: list[str], width: int) -> list[str]:
+    """``items`` joined by two spaces into lines of at most ``width``, never splitting one."""
+    lines: list[str] = []
+    for item in items:
+        if lines and len(lines[-1]) + len(GAP) + len(item) <= width:
+            lines[-1] += GAP + item
+        else:
+            lines.append(item)
+    return lines
+
+
+def _table(tubes: list[Frame], width: int) -> list[tuple[str, str]]:
+    """The tubes' table as lines of text and their styles, fitted to ``width``.
+
+    Numbers are never cut: columns are left out (the least telling first)
+    until the rest fits, and only tube names are shortened.
+    """
+    cells = {key: [header] + [_cell(tube, key) for tube in tubes]
+             for key, header in TOP_COLUMNS.items()}
+    widths = {key: max(map(len, column)) for key, column in cells.items()}
+    shortest_name = min(widths["name"], SHORTEST_NAME)
+    shown = list(TOP_COLUMNS)
+
+    def numbers_width() -> int:
+        return sum(widths[key] + len(GAP) for key in shown[1:])
+
+    for key in DROPPED_FIRST:
+        if shortest_name + numbers_width() <= width:
+            break
+        shown.remove(key)
+    name_width = max(shortest_name, min(widths["name"], width - numbers_width()))
+    lines = []
+    for row in range(len(tubes) + 1):
+        name = cells["name"][row]
+        if len(name) > name_width:
+            name = name[: name_width - 1] + "…"
+        numbers = (GAP + cells[key][row].rjust(widths[key]) for key in shown[1:])
+        lines.append((name.ljust(name_width) + "".join(numbers), "bold" if row == 0 else ""))
+    return lines
+
+
+class TopView:
+    """A frame as the lines ``top`` shows, fitted to the width it is drawn in."""
+
+    def __init__(self, frame: Frame) -> None:
+        self.frame = frame
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        """The lines: about the server, about its jobs, then the tubes' table."""
+        width = options.max_width
+        for text, style in self.lines(width):
+            yield Text(text, style=style, no_wrap=True, overflow="ignore", end="\n")
+
+    def lines(self, width: int) -> list[tuple[str, str]]:
+        """Each line of the view at ``width`` columns, with its style."""
+        frame = self.frame
+        if not frame["connected"]:
+            return [
+                *((line, "bold") for line in _pack([frame["address"], "DISCONNECTED"], width)),
+                (frame["error"], ""),
+                ("reconnecting...", ""),
+            ]
+        server = frame["server"]
+        about = [
+            frame["address"],
+            f"version {server['version']}",
+            f"up {duration(server['uptime'])}",
+            plural(server["connections"], "connection"),
+        ] + (["DRAINING"] if server["draining"] else [])
+        jobs = [
+            f"puts/s {_rate(server['puts_per_second'])}",
+            f"reserves/s {_rate(server['reserves_per_second'])}",
+        ] + [f"{key} {server[key]}" for key in ("ready", "reserved", "delayed", "buried",
+                                                 "waiting")]
+        return [
+            *((line, "bold") for line in _pack(about, width)),
+            *((line, "") for line in _pack(jobs, width)),
+            ("", ""),
+            *_table(frame["tubes"], width),
+        ]
+
+
 def render(frame: Frame) -> RenderableType:
-    """A frame as two lines about the server and a table of the tubes."""
-    server = frame["server"]
-    about = (
-        f"{frame['address']}  version {server['version']}  up {duration(server['uptime'])}  "
-        f"{plural(server['connections'], 'connection')}"
-        + ("  DRAINING" if server["draining"] else "")
-    )
-    jobs = (
-        f"puts/s {_rate(server['puts_per_second'])}  "
-        f"reserves/s {_rate(server['reserves_per_second'])}  "
-        f"ready {server['ready']}  reserved {server['reserved']}  delayed {server['delayed']}  "
-        f"buried {server['buried']}  waiting {server['waiting']}"
-    )
-    tubes = table(*TOP_COLUMNS)
-    for tube in frame["tubes"]:
-        counts = [tube[key] for key in ("ready", "reserved", "delayed", "buried", "waiting",
-                                         "urgent")]
-        paused = f"{tube['pause_time_left']}s" if tube["paused"] else "-"
-        tubes.add_row(tube["name"], *map(str, counts), _rate(tube["puts_per_second"]), paused)
-    return Group(Text(about, style="bold"), Text(jobs), Text(""), tubes)
+    """A frame as two lines about the server and a table of the tubes, fitted to the width."""
+    return TopView(frame)
 
 
-def frames(client: Client[bytes], address: str, interval: float) -> Iterator[Frame]:
-    """Frames of the server: the first at once without rates, then one per interval."""
-    previous = None
-    while True:
-        current = take_snapshot(client)
-        yield make_frame(address, previous, current)
-        previous = current
-        time.sleep(interval)
+class Watch:
+    """The frames of one server: a new one for each call, reconnecting when the server is back."""
+
+    def __init__(self, settings: Settings) -> None:
+        """Connect. Raises Failure: exit 2 for a bad address, 3 when the server is not there."""
+        self.settings = settings
+        self.address = describe_address(settings.resolve())
+        self.client: Client[bytes] | None = settings.connect()
+        self.previous: Snapshot | None = None
+
+    def next_frame(self) -> Frame:
+        """The statistics now, with the rates since the last frame; or why there are none."""
+        try:
+            if self.client is None:
+                self.client = self.settings.open_client()
+            current = take_snapshot(self.client)
+        except ClientConnectionError as error:
+            self.close()
+            self.previous = None
+            return disconnected_frame(self.address, connection_reason(error))
+        frame = make_frame(self.address, self.previous, current)
+        self.previous = current
+        return frame
+
+    def close(self) -> None:
+        """Close the connection, if there is one."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
+class QuitKeys:
+    """While in use, keys typed on the terminal are read without echo, so ``q`` can quit.
+
+    Without a terminal on stdin, waiting is plain sleeping.
+    """
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self._saved: list[Any] | None = None
+
+    def __enter__(self) -> QuitKeys:
+        try:
+            import termios
+            import tty
+        except ImportError:  # not a POSIX system: no key reading
+            return self
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if sys.stdin.isatty():
+                fd = sys.stdin.fileno()
+                self._saved = termios.tcgetattr(fd)
+                tty.setcbreak(fd)
+                self._fd = fd
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._fd is not None and self._saved is not None:
+            import termios
+
+            termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
+
+    def wait(self, seconds: float) -> bool:
+        """Wait ``seconds``; True as soon as ``q`` is typed."""
+        if self._fd is None:
+            time.sleep(seconds)
+            return False
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([self._fd], [], [], left)
+            if readable and any(key in os.read(self._fd, 64) for key in QUIT_KEYS):
+                return True
+        return False
 
 
 @click.command()
 @click.option(
     "--interval",
     "-n",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds("interval"),
     default=1.0,
     show_default=True,
     metavar="SECONDS",
@@ -169,7 +341,7 @@ def frames(client: Client[bytes], address: str, interval: float) -> Iterator[Fra
 @click.option(
     "--iterations",
     "-i",
-    type=click.IntRange(min=1),
+    type=WholeNumber("iterations", 1),
     metavar="N",
     help="Stop after N refreshes [default: on a terminal never, else after 1].",
 )
@@ -181,7 +353,8 @@ def top(settings: Settings, interval: float, once: bool, iterations: int | None)
     Each tube's ready, reserved, delayed, buried, waiting and urgent jobs,
     refreshed every --interval. The header has the server's puts and
     reserves per second, each tube its puts per second, measured over the
-    last interval. Ctrl-C quits.
+    last interval. q or Ctrl-C quits. When the server goes away, top says
+    so and reconnects when it is back.
 
     When stdout is not a terminal, or with --once or --json, frames are
     printed one after the other instead (one JSON document per frame with
@@ -191,26 +364,31 @@ def top(settings: Settings, interval: float, once: bool, iterations: int | None)
         raise click.UsageError("--once and --iterations exclude each other")
     console = stdout_console()
     live = console.is_interactive and not (once or settings.json)
-    address = describe_address(settings.resolve())
-    with settings.connect() as client:
-        updates = frames(client, address, interval)
+    watch = Watch(settings)
+    try:
         if live:
-            _show_live(console, updates, iterations)
+            _show_live(console, watch, interval, iterations)
             return
-        next(updates)  # without rates yet
-        for count, frame in enumerate(itertools.islice(updates, iterations or 1)):
+        watch.next_frame()  # without rates yet
+        for count in range(iterations or 1):
+            time.sleep(interval)
+            frame = watch.next_frame()
             if settings.json:
                 emit_json(frame)
                 continue
             if count:
                 click.echo()
             show(console, render(frame))
+    finally:
+        watch.close()
 
 
-def _show_live(console: Console, updates: Iterator[Frame], iterations: int | None) -> None:
-    """Redraw the frames in place, ``iterations`` times or until Ctrl-C."""
-    with contextlib.suppress(KeyboardInterrupt), Live(
-        render(next(updates)), console=console, auto_refresh=False
+def _show_live(console: Console, watch: Watch, interval: float, iterations: int | None) -> None:
+    """Redraw the frames in place, ``iterations`` times or until q or Ctrl-C."""
+    with contextlib.suppress(KeyboardInterrupt), QuitKeys() as keys, Live(
+        render(watch.next_frame()), console=console, auto_refresh=False
     ) as view:
-        for frame in itertools.islice(updates, iterations):
-            view.update(render(frame), refresh=True)
+        for _ in itertools.islice(itertools.count(), iterations):
+            if keys.wait(interval):
+                break
+            view.update(render(watch.next_frame()), refresh=True)

@@ -1,0 +1,397 @@
+"""``greenstalk put``: one job, or one job per line, sent as the lines come in."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import select
+import stat
+import sys
+from collections.abc import Iterator
+from typing import IO, Callable
+
+import click
+from rich.progress import DownloadColumn, ProgressColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .. import DEFAULT_PRIORITY, DEFAULT_TTR, Client, PutManyError
+from ..codecs import CODECS, get_codec
+from . import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
+from ._common import (
+    DELAY,
+    PRIORITY,
+    TTR,
+    Failure,
+    OneOf,
+    Settings,
+    common_options,
+    describe_refusal,
+    emit_json,
+    plural,
+    progress_bar,
+    tube_option,
+)
+
+# At most this many lines go out in one pipelined batch.
+LINES_PER_BATCH = 1000
+READ_SIZE = 65536
+
+STDIN_HINT = "greenstalk: reading the job body from standard input; end with Ctrl-D"
+STDIN_LINES_HINT = "greenstalk: reading jobs from standard input, one a line; end with Ctrl-D"
+
+# Turns the text given for a job into its body (a codec's check and re-encoding).
+Convert = Callable[[bytes], bytes]
+
+
+@dataclasses.dataclass
+class JobSettings:
+    """What every job put gets."""
+
+    priority: int
+    delay: int
+    ttr: int
+
+
+def _strip_line_break(line: bytes) -> bytes:
+    return line[:-1] if line.endswith(b"\r") else line
+
+
+class LineReader:
+    """The lines of a binary stream, without their line breaks (LF or CRLF), in batches.
+
+    A batch ends when ``limit`` lines are in it, at the end of the input,
+    and whenever the input stalls: lines that have arrived are never held
+    back waiting for more (``tail -f log | greenstalk put --lines``), while
+    input that is already there is taken in large batches.
+    """
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        #: Bytes read so far.
+        self.bytes_read = 0
+        #: Bytes left to read, when the input is a regular file; else None.
+        self.size: int | None = None
+        self._fd: int | None = None
+        with contextlib.suppress(OSError, ValueError):  # io.UnsupportedOperation is both
+            fd = stream.fileno()
+            self._fd = fd
+            status = os.fstat(fd)
+            if stat.S_ISREG(status.st_mode):
+                self.size = max(0, status.st_size - os.lseek(fd, 0, os.SEEK_CUR))
+
+    def batches(self, limit: int) -> Iterator[list[bytes]]:
+        """Batches of at most ``limit`` lines; an empty input gives none."""
+        if self._fd is None:
+            yield from self._batches_of_lines(limit)
+            return
+        fd = self._fd
+        batch: list[bytes] = []
+        partial: list[bytes] = []  # the start of a line whose end has not come yet
+        while data := os.read(fd, READ_SIZE):
+            self.bytes_read += len(data)
+            if b"\n" in data:
+                *complete, rest = b"".join([*partial, data]).split(b"\n")
+                partial = [rest] if rest else []
+                batch.extend(_strip_line_break(line) for line in complete)
+                while len(batch) >= limit:
+                    yield batch[:limit]
+                    batch = batch[limit:]
+            else:
+                partial.append(data)
+            if batch and not _readable_now(fd):
+                yield batch
+                batch = []
+        if partial:
+            batch.append(b"".join(partial))  # a last line without a line break
+        if batch:
+            yield batch
+
+    def _batches_of_lines(self, limit: int) -> Iterator[list[bytes]]:
+        """Batches from a stream without a file descriptor (in memory: it never stalls)."""
+        batch: list[bytes] = []
+        for line in self.stream:
+            self.bytes_read += len(line)
+            batch.append(_strip_line_break(line[:-1]) if line.endswith(b"\n") else line)
+            if len(batch) == limit:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+
+def _readable_now(fd: int) -> bool:
+    """True when more input can be read from ``fd`` at once. Where select() cannot tell, False."""
+    try:
+        readable, _, _ = select.select([fd], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return bool(readable)
+
+
+def make_converter(codec_name: str) -> Convert | None:
+    """What checks and re-encodes text for ``--codec``: None for bytes, taken as they are.
+
+    The text is decoded with the codec and encoded again, so that what is
+    put is what a worker using that codec decodes (for JSON: checked, and
+    written compactly). The function raises ValueError for text the codec
+    cannot decode.
+    """
+    if codec_name == "bytes":
+        return None
+    codec = get_codec(codec_name)
+
+    def convert(text: bytes) -> bytes:
+        return codec.encode(codec.decode(text))
+
+    return convert
+
+
+@dataclasses.dataclass
+class LinesPut:
+    """What ``put --lines`` has done so far."""
+
+    tube: str
+    ids: list[int] = dataclasses.field(default_factory=list)
+    #: Lines sent to the server (put or refused).
+    lines: int = 0
+    #: The refused lines: their numbers (from 1) and the server's reasons.
+    refused: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+    #: True while a batch is sent: its replies are not all in yet.
+    sending: bool = False
+
+    def as_json(self) -> dict[str, object]:
+        """The JSON document ``--json put --lines`` prints."""
+        return {
+            "tube": self.tube,
+            "count": len(self.ids),
+            "first_id": self.ids[0] if self.ids else None,
+            "last_id": self.ids[-1] if self.ids else None,
+            "ids": self.ids,
+            "refused": [{"line": line, "error": error} for line, error in self.refused],
+        }
+
+    def summary(self) -> str:
+        """``put 3 jobs into tube default (ids 1 to 3)``."""
+        if not self.ids:
+            return f"put no job into tube {self.tube}"
+        return (
+            f"put {plural(len(self.ids), 'job')} into tube {self.tube} "
+            f"(ids {self.ids[0]} to {self.ids[-1]})"
+        )
+
+
+@click.command()
+@click.argument("body", required=False)
+@click.option(
+    "--file",
+    "-f",
+    "path",
+    metavar="PATH",
+    help="Read the body (with --lines: the lines) from PATH; - is stdin.",
+)
+@click.option(
+    "--lines",
+    is_flag=True,
+    help="Put each line (without its line break) as a job, sent as the lines come in.",
+)
+@click.option(
+    "--codec",
+    "-c",
+    "codec_name",
+    type=OneOf("codec", CODECS),
+    default="bytes",
+    show_default=True,
+    metavar="CODEC",
+    help=f"Check and encode each body as a worker's codec decodes it: {', '.join(CODECS)} "
+    "(json: the text must be JSON; it is sent compactly).",
+)
+@tube_option("The tube to put into.")
+@click.option("--priority", "-p", type=PRIORITY, default=DEFAULT_PRIORITY, show_default=True,
+              metavar="N", help="0 (the most urgent) to 4294967295.")
+@click.option("--delay", "-d", type=DELAY, default=0, show_default=True, metavar="SECONDS",
+              help="Seconds before the job is ready.")
+@click.option("--ttr", type=TTR, default=DEFAULT_TTR, show_default=True, metavar="SECONDS",
+              help="Seconds a worker may hold the job.")
+@common_options
+@click.pass_obj
+def put(
+    settings: Settings,
+    body: str | None,
+    path: str | None,
+    lines: bool,
+    codec_name: str,
+    tube: str,
+    priority: int,
+    delay: int,
+    ttr: int,
+) -> None:
+    """Put a job, or with --lines one job per line.
+
+    The body is BODY, or the contents of --file, or stdin (when BODY is
+    absent or -). Prints the new job's id. With --lines, every line is a
+    job of its own; lines are sent as soon as the input pauses, in
+    pipelined batches while it flows, and the count is printed.
+    """
+    argument = None if body == "-" else body
+    if argument is not None and (path is not None or lines):
+        raise click.UsageError("give BODY, or --file and --lines, not both")
+    convert = make_converter(codec_name)
+    job = JobSettings(priority, delay, ttr)
+    with settings.connect(tube) as client:
+        if argument is not None:
+            # The argument's bytes as the shell passed them.
+            _put_one(settings, client, os.fsencode(argument), codec_name, convert, job)
+            return
+        with _open_input(path) as stream:
+            reads_stdin = stream is sys.stdin.buffer
+            if reads_stdin and sys.stdin.isatty():
+                click.echo(STDIN_LINES_HINT if lines else STDIN_HINT, err=True)
+            if lines:
+                _put_lines(settings, client, LineReader(stream), tube, codec_name, convert, job,
+                           reads_stdin)
+            else:
+                _put_one(settings, client, stream.read(), codec_name, convert, job)
+
+
+def _open_input(path: str | None) -> contextlib.AbstractContextManager[IO[bytes]]:
+    """The file at ``path``, or stdin for None or ``-``. Raises Failure (exit 2) if unreadable."""
+    if path is None or path == "-":
+        return contextlib.nullcontext(sys.stdin.buffer)
+    try:
+        return open(path, "rb")
+    except OSError as error:
+        raise Failure(f"cannot read {path}: {error.strerror}", EXIT_USAGE) from None
+
+
+def _put_one(
+    settings: Settings,
+    client: Client[bytes],
+    body: bytes,
+    codec_name: str,
+    convert: Convert | None,
+    job: JobSettings,
+) -> None:
+    if convert is not None:
+        try:
+            body = convert(body)
+        except ValueError as error:
+            raise Failure(f"the body is not valid {codec_name}: {error}", EXIT_USAGE) from None
+    job_id = client.put(body, job.priority, job.delay, job.ttr)
+    if settings.json:
+        emit_json({"id": job_id})
+    else:
+        click.echo(job_id)
+
+
+def _put_lines(
+    settings: Settings,
+    client: Client[bytes],
+    reader: LineReader,
+    tube: str,
+    codec_name: str,
+    convert: Convert | None,
+    job: JobSettings,
+    reads_stdin: bool,
+) -> None:
+    """Put every line as a job; on a refusal, a bad line or Ctrl-C, say what was done and stop.
+
+    Raises Failure: exit 1 when the server refused lines, 2 for a line the
+    codec rejects, 130 when interrupted. With ``--json`` the document of
+    what was put is printed in every case.
+    """
+    done = LinesPut(tube)
+    stop: tuple[str, int] | None
+    try:
+        stop = _put_batches(client, reader, done, codec_name, convert, job, reads_stdin)
+    except KeyboardInterrupt:
+        in_flight = "; the batch being sent may be partly in it too" if done.sending else ""
+        stop = (
+            f"interrupted: put {plural(len(done.ids), 'job')} into tube {tube}{in_flight}",
+            EXIT_INTERRUPTED,
+        )
+    if settings.json:
+        emit_json(done.as_json())
+    elif stop is None:
+        click.echo(done.summary())
+    if stop is not None:
+        raise Failure(*stop)
+
+
+def _put_batches(
+    client: Client[bytes],
+    reader: LineReader,
+    done: LinesPut,
+    codec_name: str,
+    convert: Convert | None,
+    job: JobSettings,
+    reads_stdin: bool,
+) -> tuple[str, int] | None:
+    """Put the lines batch by batch, recording them in ``done``.
+
+    Returns None when every line was put, else why it stopped and the exit
+    code. Ctrl-C (KeyboardInterrupt) goes through, with ``done`` up to date.
+    """
+    columns: list[ProgressColumn] = (
+        [TimeElapsedColumn()] if reader.size is None else [DownloadColumn(), TimeRemainingColumn()]
+    )
+    with progress_bar(*columns, reads_stdin=reads_stdin) as progress:
+        task = progress.add_task(f"putting into {done.tube}", total=reader.size)
+        for batch in reader.batches(LINES_PER_BATCH):
+            bodies, rejection = _convert_batch(batch, convert)
+            done.sending = True
+            _send(client, done, bodies, job)
+            done.sending = False
+            done.lines += len(bodies)
+            progress.update(
+                task,
+                completed=reader.bytes_read,
+                description=f"putting into {done.tube}: {plural(len(done.ids), 'job')}",
+            )
+            if done.refused:
+                first, reason = done.refused[0]
+                refused = plural(len(done.refused), "line")
+                return (
+                    f"the server refused {refused}, the first at line {first}: {reason}; "
+                    f"{_were_put(done)}",
+                    EXIT_FAILURE,
+                )
+            if rejection is not None:
+                return (
+                    f"line {done.lines + 1} is not valid {codec_name}: {rejection}; "
+                    f"{_were_put(done)}",
+                    EXIT_USAGE,
+                )
+    return None
+
+
+def _were_put(done: LinesPut) -> str:
+    """``1 job was put``, ``2 jobs were put``."""
+    count = len(done.ids)
+    return f"{plural(count, 'job')} {'was' if count == 1 else 'were'} put"
+
+
+def _convert_batch(
+    batch: list[bytes], convert: Convert | None
+) -> tuple[list[bytes], ValueError | None]:
+    """The bodies of the lines, up to the first one ``convert`` rejects, and its error."""
+    if convert is None:
+        return batch, None
+    bodies = []
+    for line in batch:
+        try:
+            bodies.append(convert(line))
+        except ValueError as error:
+            return bodies, error
+    return bodies, None
+
+
+def _send(client: Client[bytes], done: LinesPut, bodies: list[bytes], job: JobSettings) -> None:
+    """Put ``bodies``, pipelined; record the new ids and the refused lines in ``done``."""
+    if not bodies:
+        return
+    try:
+        done.ids.extend(client.put_many(bodies, job.priority, job.delay, job.ttr))
+    except PutManyError as error:
+        done.ids.extend(job_id for job_id in error.ids if job_id is not None)
+        for index, refusal in sorted(error.errors.items()):
+            done.refused.append((done.lines + index + 1, describe_refusal(refusal)))
