@@ -35,6 +35,7 @@ from .client import (
     ConnectionTarget,
     Job,
     JobOrID,
+    TBody,
 )
 from .worker import Worker, WorkerJob
 
@@ -82,6 +83,7 @@ __all__ = [
     "Stats",
     "StatsJob",
     "StatsTube",
+    "TBody",
     "TimedOutError",
     "UnknownCommandError",
     "UnknownResponseError",

@@ -6,11 +6,18 @@ import os
 import socket
 import struct
 from collections.abc import Iterable
-from typing import Any, Callable, Generic, TypeVar, Union, cast
+from typing import Any, Callable, ClassVar, Generic, TypeVar, Union, cast
 
+from ._address import describe_address, parse_address
 from ._protocol import commands
 from ._protocol.commands import BodyBytes, Request
-from ._protocol.errors import BeanstalkdError, BodyDecodeError
+from ._protocol.errors import (
+    BeanstalkdError,
+    BodyDecodeError,
+    ClientConnectionError,
+    ClientTimeoutError,
+    name_command,
+)
 from ._protocol.responses import Reply
 
 DEFAULT_TUBE = "default"
@@ -18,7 +25,8 @@ DEFAULT_PRIORITY = 2**16
 DEFAULT_DELAY = 0
 DEFAULT_TTR = 60
 
-TBody = TypeVar("TBody")
+TBody = TypeVar("TBody", str, bytes)
+"""The type of job bodies: ``bytes``, or ``str`` for a client with an encoding."""
 T = TypeVar("T")
 
 Address = Union[tuple[str, int], str, "os.PathLike[str]", socket.socket]
@@ -28,17 +36,21 @@ Address = Union[tuple[str, int], str, "os.PathLike[str]", socket.socket]
 ConnectionTarget = Address
 """greenstalk 2.x's name for :data:`Address`."""
 
+Where = Union[tuple[str, int], str]
+"""Where a client is connected: ``(host, port)`` or a Unix socket path ("" when unnamed)."""
+
+
 class Job(Generic[TBody]):
     """A job: its id and its body (``bytes``, or ``str`` when the client has an encoding)."""
 
     __slots__ = ("body", "id")
 
     def __init__(self, id: int, body: TBody) -> None:
-        self.id = id
-        self.body = body
+        self.id: int = id
+        self.body: TBody = body
 
     def __repr__(self) -> str:
-        return f"Job(id={self.id!r}, body={self.body!r})"
+        return f"greenstalk.Job(id={self.id!r}, body={self.body!r})"
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Job):
@@ -52,6 +64,10 @@ class Job(Generic[TBody]):
 JobOrID = Union[Job[Any], int]
 """A job, or a job id."""
 
+# Job, typed for the clients' use: they make Job[TBody] from bytes or str
+# bodies, which mypy checks against each body type in turn.
+_new_job: Callable[[int, object], Job[Any]] = Job
+
 
 def job_id(job: JobOrID) -> int:
     """The id of a job given as a Job or an id."""
@@ -60,6 +76,14 @@ def job_id(job: JobOrID) -> int:
 
 class ClientBase(Generic[TBody]):
     """The state and helpers both clients have; they add the transport."""
+
+    #: The class as its repr names it.
+    _name: ClassVar[str] = "greenstalk.Client"
+    #: The bound on the usual command, in seconds (None: no limit).
+    _timeout: float | None
+    #: True for a socket handed in without socket_timeout: its own timeout
+    #: then bounds every command, a reserve's wait included.
+    _as_is: bool
 
     def __init__(
         self, address: Address, encoding: str | None, use: str, watch: str | Iterable[str]
@@ -75,6 +99,25 @@ class ClientBase(Generic[TBody]):
         self.address = address
         self.encoding = encoding
         self._closed_reason = ""
+        self._where = where_of(address)
+
+    def __repr__(self) -> str:
+        where = self._where
+        if isinstance(where, tuple):
+            return f"{self._name}(host={where[0]!r}, port={where[1]!r})"
+        return f"{self._name}(socket={where!r})"
+
+    def _reserve_bound(self, timeout: int | None) -> float | None:
+        """How long a ``reserve(timeout)`` may take, in seconds (None: no limit).
+
+        The reserve's own wait plus the socket timeout, except on a socket
+        used as it was handed in.
+        """
+        if self._as_is or self._timeout is None:
+            return self._timeout
+        if timeout is None or timeout > commands.RESERVE_TIMEOUT_MAX:
+            return None
+        return timeout + self._timeout
 
     def _check_setup(self, results: list[Any]) -> None:
         """Raise the first server error among the results of the set-up commands."""
@@ -85,16 +128,66 @@ class ClientBase(Generic[TBody]):
     def _job(self, found: tuple[int, bytes]) -> Job[TBody]:
         job_id, body = found
         if self.encoding is None:
-            return Job(job_id, cast(TBody, body))
+            return _new_job(job_id, body)
         try:
-            return Job(job_id, cast(TBody, body.decode(self.encoding)))
+            return _new_job(job_id, body.decode(self.encoding))
         except UnicodeDecodeError as error:
             raise BodyDecodeError(Job(job_id, body), error) from error
 
     def _body(self, body: BodyBytes | TBody) -> BodyBytes:
+        """``body`` as bytes when the client has an encoding; anything else as it is."""
         if self.encoding is not None and type(body) is str:
             return body.encode(self.encoding)
-        return cast(BodyBytes, body)
+        unchanged: Any = body  # commands.check_body refuses what is not bytes
+        return cast(BodyBytes, unchanged)
+
+
+def where_of(address: Address) -> Where:
+    """Where ``address`` leads: a connected socket's peer, a path as a str."""
+    if isinstance(address, socket.socket):
+        try:
+            peer = address.getpeername()
+        except OSError:
+            return ""
+        if isinstance(peer, tuple):
+            return peer[0], peer[1]
+        if isinstance(peer, bytes):  # a Linux abstract socket name
+            return peer.decode("utf-8", "backslashreplace")
+        return str(peer)
+    if isinstance(address, tuple):
+        return address
+    return os.fspath(address)
+
+
+def describe_where(where: Where) -> str:
+    """An address for a message: ``host:port`` or ``unix:PATH``."""
+    return describe_address(where) if where != "" else "an unnamed socket"
+
+
+def connect_failure(where: Where, error: BaseException, timed_out: bool) -> ClientConnectionError:
+    """The error to raise when connecting to ``where`` failed with ``error``.
+
+    A missing socket file whose name looks like ``host:port`` gets a hint:
+    TCP addresses are tuples.
+    """
+    text = describe_where(where)
+    if timed_out:
+        return ClientTimeoutError(f"cannot connect to {text}: timed out")
+    reason = str(error)
+    if isinstance(error, OSError) and type(error).__module__ == "builtins" and error.errno:
+        # A system error: asyncio's message for it names the address as a tuple.
+        reason = f"[Errno {error.errno}] {os.strerror(error.errno)}"
+    message = f"cannot connect to {text}: {reason}"
+    if isinstance(where, str) and ":" in where and isinstance(error, FileNotFoundError):
+        try:
+            tcp = parse_address(where)
+        except ValueError:
+            tcp = where
+        if isinstance(tcp, tuple):
+            message += (
+                f" (a str address is the path of a Unix socket: for TCP, pass a tuple {tcp!r})"
+            )
+    return ClientConnectionError(message)
 
 
 def results_of(
@@ -111,6 +204,13 @@ def results_of(
         except BeanstalkdError as error:
             results.append(error)
     return results
+
+
+def name_refusals(results: list[Any], requests: list[Request[Any]]) -> None:
+    """Record in each server error among ``results`` the command of ``requests`` it answers."""
+    for result, (data, _) in zip(results, requests):
+        if isinstance(result, BeanstalkdError):
+            name_command(result, data)
 
 
 def setup_requests(use: str, watch: list[str]) -> list[Request[Any]]:

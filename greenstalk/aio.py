@@ -45,7 +45,9 @@ from ._base import (
     JobOrID,
     T,
     TBody,
+    connect_failure,
     job_id,
+    name_refusals,
     open_socket,
     results_of,
 )
@@ -57,6 +59,8 @@ from ._protocol.errors import (
     ClientTimeoutError,
     ProtocolError,
     PutManyError,
+    name_command,
+    stray_error,
 )
 from ._protocol.responses import Reply, ReplyReader, reserved_job_id
 from ._protocol.stats import Stats, StatsJob, StatsTube
@@ -149,7 +153,7 @@ class _Connection(asyncio.BufferedProtocol):
         resolved = 0
         for reply in replies:
             if not pending:
-                self.fail(ProtocolError("the server sent a reply to no command"))
+                self.fail(stray_error([reply], 0))
                 return
             entry = pending[0]
             entry.replies.append(reply)
@@ -190,12 +194,8 @@ class _Connection(asyncio.BufferedProtocol):
         if exc is not None:
             error = ClientConnectionError(f"connection to the server failed: {exc}")
             error.__cause__ = exc
-        elif self.reader.idle:
-            error = ClientConnectionError("the server closed the connection")
         else:
-            error = ClientConnectionError(
-                "the server closed the connection in the middle of a reply"
-            )
+            error = self.reader.closed_error()
         self.fail(error)
         if not self.lost.done():
             self.lost.set_result(None)
@@ -388,6 +388,8 @@ class Client(ClientBase[TBody]):
     arguments, results and errors.
     """
 
+    _name = "greenstalk.aio.Client"
+
     @overload
     def __init__(
         self: Client[bytes],
@@ -427,20 +429,15 @@ class Client(ClientBase[TBody]):
     ) -> None:
         super().__init__(address, encoding, use, watch)
         self._timeout = socket_timeout
+        self._as_is = False
+        if isinstance(address, socket.socket) and ssl is None and socket_timeout is None:
+            # Used as it is: its own timeout bounds every command.
+            self._as_is = True
+            self._timeout = address.gettimeout() or None
         self._connect_timeout = socket_connect_timeout
         self._ssl = ssl
         self._connection: _Connection | None = None
         self._closed_reason = "not connected: use 'async with' or greenstalk.aio.connect()"
-
-    def __repr__(self) -> str:
-        connection = self._connection
-        if connection is not None and connection.error is not None:
-            state = f"closed ({connection.error})"
-        elif connection is None:
-            state = f"closed ({self._closed_reason})"
-        else:
-            state = "open"
-        return f"<greenstalk.aio.Client address={self.address!r} {state}>"
 
     async def __aenter__(self) -> Client[TBody]:
         await self._open()
@@ -500,14 +497,12 @@ class Client(ClientBase[TBody]):
                 connection.fail(ClientConnectionError("connecting was cancelled"))
                 raise
             raise ClientConnectionError(f"the connection is closed: {connection.error}") from None
-        except (asyncio.TimeoutError, socket.timeout) as error:
-            self._closed_reason = f"cannot connect to {self.address!r}: timed out"
-            connection.fail(ClientTimeoutError(self._closed_reason))
-            raise ClientTimeoutError(self._closed_reason) from error
-        except OSError as error:
-            self._closed_reason = f"cannot connect to {self.address!r}: {error}"
-            connection.fail(ClientConnectionError(self._closed_reason))
-            raise ClientConnectionError(self._closed_reason) from error
+        except (asyncio.TimeoutError, OSError) as error:
+            timed_out = isinstance(error, (asyncio.TimeoutError, socket.timeout))
+            failure = connect_failure(self._where, error, timed_out)
+            self._closed_reason = str(failure)
+            connection.fail(failure)
+            raise failure from error
         except BaseException:
             connection.fail(ClientConnectionError("connecting failed"))
             raise
@@ -577,6 +572,7 @@ class Client(ClientBase[TBody]):
             connection.abandon(entry)
             raise
         if isinstance(result, BeanstalkdError):
+            name_command(result, data)
             raise result
         return cast(T, result)
 
@@ -624,7 +620,7 @@ class Client(ClientBase[TBody]):
         reserve = commands.reserve(timeout)
         requests = [*finishes, reserve]
         connection = self._live()
-        wait = None if self._timeout is None else timeout + self._timeout
+        wait = self._reserve_bound(timeout)
         entry = connection.send(
             b"".join(data for data, _ in requests), [parse for _, parse in requests], wait
         )
@@ -635,10 +631,13 @@ class Client(ClientBase[TBody]):
         except asyncio.CancelledError:
             connection.abandon(entry)
             raise
-        return (
-            [result if isinstance(result, BeanstalkdError) else None for result in results[:-1]],
-            results[-1],
-        )
+        refusals = [
+            result if isinstance(result, BeanstalkdError) else None for result in results[:-1]
+        ]
+        reserved = results[-1]
+        if type(reserved) is not tuple or refusals.count(None) != len(refusals):
+            name_refusals(results, requests)  # a refusal among them
+        return refusals, reserved
 
     # BEGIN COMMANDS (generated from greenstalk/client.py by scripts/generate_aio.py)
 
@@ -663,7 +662,7 @@ class Client(ClientBase[TBody]):
         """
         if type(body) is str and self.encoding is not None:
             body = body.encode(self.encoding)
-        return await self._run(commands.put(cast(BodyBytes, body), priority, delay, ttr))
+        return await self._run(commands.put(cast(Any, body), priority, delay, ttr))
 
     async def put_many(
         self,
@@ -711,11 +710,7 @@ class Client(ClientBase[TBody]):
         not decode.
         """
         request = commands.reserve(timeout)
-        if self._timeout is None:
-            return self._job(await self._run(request))
-        if timeout is None or timeout > commands.RESERVE_TIMEOUT_MAX:
-            return self._job(await self._run(request, None))
-        return self._job(await self._run(request, timeout + self._timeout))
+        return self._job(await self._run(request, self._reserve_bound(timeout)))
 
     async def reserve_job(self, job: JobOrID) -> Job[TBody]:
         """Reserve a specific job, in any tube and in any state except reserved.

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import math
+import select
 import socket
 import ssl as _ssl
 import struct
 import sys
 from collections import deque
 from collections.abc import Iterable
+from time import monotonic as _monotonic
 from types import TracebackType
 from typing import Any, Callable, NoReturn, cast, overload
 
@@ -24,7 +27,10 @@ from ._base import (
     JobOrID,
     T,
     TBody,
+    Where,
+    connect_failure,
     job_id,
+    name_refusals,
     open_socket,
     results_of,
 )
@@ -36,6 +42,8 @@ from ._protocol.errors import (
     ClientTimeoutError,
     ProtocolError,
     PutManyError,
+    name_command,
+    stray_error,
 )
 from ._protocol.responses import Reply, ReplyReader
 from ._protocol.stats import Stats, StatsJob, StatsTube
@@ -43,6 +51,9 @@ from ._protocol.stats import Stats, StatsJob, StatsTube
 _RECEIVE_SIZE = 65536
 # _run's "the usual socket timeout" (no real bound is negative).
 _USUAL = -1.0
+# How far, in seconds, a socket's bound may be from the time a command has
+# left before it is set again.
+_SLACK = 0.001
 # put_many keeps at most two batches of unread replies in flight: few enough
 # that the replies always fit in the socket buffers (so neither side blocks
 # on a full buffer while the other waits), enough to keep the server busy.
@@ -59,12 +70,15 @@ class Client(ClientBase[TBody]):
     and jobs come back with ``str`` bodies. ``use`` names the tube to put
     into and ``watch`` the tube, or tubes, to reserve from.
 
-    ``socket_timeout`` bounds every wait on the socket, in seconds: past it
-    the connection is closed and :class:`~greenstalk.ClientTimeoutError` (a builtin
-    :class:`TimeoutError`) is raised. ``reserve(timeout=n)`` may wait ``n``
-    seconds more, and a ``reserve()`` without a timeout waits as long as the
-    server does. ``socket_connect_timeout`` bounds the connect. ``ssl`` wraps
-    the connection in TLS, for servers behind a TLS terminator.
+    ``socket_timeout`` bounds every command, in seconds: sending it and
+    receiving its whole reply. Past it the connection is closed and
+    :class:`~greenstalk.ClientTimeoutError` (a builtin :class:`TimeoutError`)
+    is raised. ``reserve(timeout=n)`` may take ``n`` seconds more, and a
+    ``reserve()`` without a timeout waits as long as the server does. A
+    socket handed in without ``socket_timeout`` is used as it is: its own
+    timeout bounds every command, ``reserve`` included.
+    ``socket_connect_timeout`` bounds the connect. ``ssl`` wraps the
+    connection in TLS, for servers behind a TLS terminator.
 
     Raises ValueError or TypeError for invalid arguments (before connecting),
     and :class:`~greenstalk.ClientConnectionError` when the server cannot be reached.
@@ -108,26 +122,32 @@ class Client(ClientBase[TBody]):
         ssl: _ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(address, encoding, use, watch)
-        self._reader = ReplyReader()
-        sock = _connect(address, socket_timeout, socket_connect_timeout, ssl)
+        self._reader: ReplyReader = ReplyReader()
+        adopted = isinstance(address, socket.socket)
+        sock = _connect(address, self._where, socket_timeout, socket_connect_timeout, ssl)
         self._socket: socket.socket | None = sock
-        #: The bound on each wait for the usual command.
         self._timeout = sock.gettimeout()
-        #: The bound the socket applies now; a reserve may lengthen it.
-        self._bound = self._timeout
+        self._as_is = adopted and ssl is None and socket_timeout is None
+        #: The bound the socket applies to each wait now (to receiving, when
+        #: the kernel keeps it); a reserve, or a reply that takes several
+        #: reads, changes it until the next command.
+        self._bound: float | None = self._timeout
         #: Whether the kernel keeps the bound (a blocking socket with
         #: SO_RCVTIMEO): Python's own timeouts cost a poll() before every
         #: send and receive. Sockets handed in keep the mode they came with.
         self._kernel_bound = (
             _KERNEL_TIMEOUTS
-            and not isinstance(address, socket.socket)
+            and not adopted
             and not isinstance(sock, _ssl.SSLSocket)
             and self._timeout is not None
         )
+        #: The flags of every send. With the bound kept by the kernel a send
+        #: never blocks: a blocking send to a Unix socket waits as long as
+        #: the peer reads at all. What a send leaves, poll() waits to send.
+        self._send_flags = socket.MSG_DONTWAIT if self._kernel_bound else 0
         if self._kernel_bound:
             try:
                 sock.settimeout(None)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(self._timeout))
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(self._timeout))
             except OSError as error:
                 self._fail(error)
@@ -137,10 +157,6 @@ class Client(ClientBase[TBody]):
             except BaseException:
                 self.close()
                 raise
-
-    def __repr__(self) -> str:
-        state = f"closed ({self._closed_reason})" if self._socket is None else "open"
-        return f"<greenstalk.Client address={self.address!r} {state}>"
 
     def __enter__(self) -> Client[TBody]:
         return self
@@ -163,6 +179,12 @@ class Client(ClientBase[TBody]):
         self._abort("closed by the client")
 
     # -- transport ---------------------------------------------------------
+    #
+    # Each command gets a deadline: ``bound`` seconds after ``started``, when
+    # it began to be sent. The common command takes one send and one receive
+    # under the bound already set on the socket, and pays for nothing more;
+    # only when the data needs more sends, or the reply more reads, is the
+    # time left worked out and the socket's bound cut to it before each.
 
     def _abort(self, reason: str) -> None:
         sock = self._socket
@@ -194,24 +216,78 @@ class Client(ClientBase[TBody]):
             raise ClientConnectionError(f"the connection is closed: {self._closed_reason}")
         return sock
 
-    def _receive(self, sock: socket.socket, replies: list[Reply], wanted: int, sent: int) -> None:
+    def _time_left(self, started: float, bound: float) -> float:
+        """Seconds left of ``bound`` since ``started``. Raises socket.timeout when none are."""
+        left = started + bound - _monotonic()
+        if left <= 0:
+            raise socket.timeout("timed out")
+        return left
+
+    def _send(self, sock: socket.socket, data: bytes, started: float, bound: float | None) -> None:
+        """Send all of ``data`` within ``bound`` seconds of ``started`` (None: no limit).
+
+        Raises OSError (socket.timeout when time runs out).
+        """
+        try:
+            sent = sock.send(data, self._send_flags)
+        except BlockingIOError:  # the socket buffer is full
+            sent = 0
+        if sent != len(data):
+            self._send_rest(sock, data, sent, started, bound)
+
+    def _send_rest(
+        self, sock: socket.socket, data: bytes, sent: int, started: float, bound: float | None
+    ) -> None:
+        """Send the rest of ``data`` after its first ``sent`` bytes, by ``bound`` after ``started``.
+
+        None for ``bound`` means no limit. Raises OSError (socket.timeout when
+        time runs out).
+        """
+        view = memoryview(data)
+        poller: select.poll | None = None
+        while sent < len(data):
+            left = None if bound is None else self._time_left(started, bound)
+            if not self._kernel_bound:
+                if left is not None:
+                    self._cut_bound(sock, left)
+                sent += sock.send(view[sent:])
+                continue
+            if poller is None:
+                poller = select.poll()
+                poller.register(sock, select.POLLOUT)
+            if not poller.poll(None if left is None else math.ceil(left * 1000)):
+                raise socket.timeout("timed out")
+            # BlockingIOError: writable when polled, and full again before this send.
+            with contextlib.suppress(BlockingIOError):
+                sent += sock.send(view[sent:], socket.MSG_DONTWAIT)
+
+    def _receive(
+        self,
+        sock: socket.socket,
+        replies: list[Reply],
+        wanted: int,
+        started: float,
+        bound: float | None,
+        *,
+        sent: int,
+    ) -> None:
         """Read replies into ``replies`` until it holds ``wanted`` of them.
 
+        Each read waits no later than ``bound`` seconds after ``started``.
         Raises :class:`~greenstalk.ProtocolError` if the server sent more replies than
         the ``sent`` commands asked for: an unasked-for reply would be
         taken as the answer to the next command.
         """
         reader = self._reader
         while len(replies) < wanted:
+            if bound is not None:
+                self._cut_bound(sock, self._time_left(started, bound))
             data = sock.recv(_RECEIVE_SIZE)
             if not data:
-                raise ClientConnectionError(
-                    "the server closed the connection"
-                    + ("" if reader.idle else " in the middle of a reply")
-                )
+                raise reader.closed_error()
             replies += reader.receive(data)
         if len(replies) > sent:
-            raise ProtocolError("the server sent a reply to no command")
+            raise stray_error(replies, sent)
 
     def _set_bound(self, sock: socket.socket, bound: float | None) -> None:
         """Make each wait on ``sock`` give up after ``bound`` seconds (None: never).
@@ -224,10 +300,21 @@ class Client(ClientBase[TBody]):
             sock.settimeout(bound)
         self._bound = bound
 
+    def _cut_bound(self, sock: socket.socket, left: float) -> None:
+        """Make the next wait on ``sock`` end within ``left`` seconds (or a moment after).
+
+        A bound within _SLACK of ``left`` stays: a reply that comes in many
+        quick reads then costs one system call, not one a read. Raises OSError.
+        """
+        bound = self._bound
+        if bound is None or abs(bound - left) > _SLACK:
+            self._set_bound(sock, left)
+
     def _run(self, request: Request[T], bound: float | None = _USUAL) -> T:
         """Send one command and return its parsed reply.
 
-        ``bound`` replaces the socket timeout for this reply (a reserve's wait).
+        ``bound`` replaces the socket timeout as the limit on the command (a
+        reserve's wait; None: no limit).
         """
         data, parse = request
         sock = self._socket
@@ -238,16 +325,23 @@ class Client(ClientBase[TBody]):
         try:
             if bound != self._bound:
                 self._set_bound(sock, bound)
-            sock.sendall(data)
+            started = _monotonic()
+            try:
+                sent = sock.send(data, self._send_flags)
+            except BlockingIOError:  # the socket buffer is full
+                sent = 0
+            if sent != len(data):
+                self._send_rest(sock, data, sent, started, bound)
             replies = self._reader.receive(sock.recv(_RECEIVE_SIZE))
             if len(replies) != 1:
-                self._receive(sock, replies, 1, 1)
+                self._receive(sock, replies, 1, started, bound, sent=1)
             if not self._reader.drained:
-                raise ProtocolError("the server sent bytes that answer no command")
+                raise stray_error(replies, 1)
             return parse(replies[0])
         except (OSError, ProtocolError) as error:
             self._fail(error)
-        except BeanstalkdError:
+        except BeanstalkdError as refusal:
+            name_command(refusal, data)
             raise
         except BaseException:
             # Interrupted (KeyboardInterrupt, an exception from a signal
@@ -258,19 +352,23 @@ class Client(ClientBase[TBody]):
     def _pipeline(self, requests: Iterable[Request[T]]) -> list[T | BeanstalkdError]:
         """Send many commands without waiting for each reply; return their results in order.
 
-        The commands are taken from ``requests`` one batch at a time. A
-        server error reply is returned as its exception, in its place.
+        The commands are taken from ``requests`` one batch at a time; each
+        batch gets the socket timeout to be sent and answered. A server
+        error reply is returned as its exception, in its place.
         """
         sock = self._live_socket()
+        bound = self._timeout
         replies: list[Reply] = []
         parsers: list[Callable[[Reply], T]] = []
-        # Commands sent when each batch went out; at most two batches unread.
-        sent_after: deque[int] = deque()
+        # How many commands were sent, and when, as each batch went out; at
+        # most two batches unread.
+        sent_after: deque[tuple[int, float]] = deque()
         sent = 0
+        started = _monotonic()
         pending = iter(requests)
         try:
-            if self._bound != self._timeout:
-                self._set_bound(sock, self._timeout)
+            if self._bound != bound:
+                self._set_bound(sock, bound)
             while True:
                 batch: list[bytes] = []
                 size = 0
@@ -282,14 +380,16 @@ class Client(ClientBase[TBody]):
                         break
                 if not batch:
                     break
-                sock.sendall(b"".join(batch))
+                data = b"".join(batch)
+                started = _monotonic()
+                self._send(sock, data, started, bound)
                 sent += len(batch)
-                sent_after.append(sent)
+                sent_after.append((sent, started))
                 if len(sent_after) > 1:
-                    self._receive(sock, replies, sent_after.popleft(), sent)
-            self._receive(sock, replies, sent, sent)
+                    self._receive(sock, replies, *sent_after.popleft(), bound, sent=sent)
+            self._receive(sock, replies, sent, started, bound, sent=sent)
             if not self._reader.drained:
-                raise ProtocolError("the server sent bytes that answer no command")
+                raise stray_error(replies, sent)
             return results_of(replies, parsers)
         except (OSError, ProtocolError) as error:
             self._fail(error)
@@ -310,23 +410,34 @@ class Client(ClientBase[TBody]):
         reserve = commands.reserve(timeout)
         requests = [reserve] if finish is None else [finish, reserve]
         sock = self._live_socket()
-        bound = None if self._timeout is None else timeout + self._timeout
+        bound = self._reserve_bound(timeout)
         try:
             if bound != self._bound:
                 self._set_bound(sock, bound)
-            sock.sendall(b"".join(data for data, _ in requests))
+            data = reserve[0] if finish is None else finish[0] + reserve[0]
+            started = _monotonic()
+            try:
+                sent = sock.send(data, self._send_flags)
+            except BlockingIOError:  # the socket buffer is full
+                sent = 0
+            if sent != len(data):
+                self._send_rest(sock, data, sent, started, bound)
             replies = self._reader.receive(sock.recv(_RECEIVE_SIZE))
             if len(replies) != len(requests):
-                self._receive(sock, replies, len(requests), len(requests))
+                self._receive(sock, replies, len(requests), started, bound, sent=len(requests))
             if not self._reader.drained:
-                raise ProtocolError("the server sent bytes that answer no command")
+                raise stray_error(replies, len(requests))
             results: list[Any] = results_of(replies, [parse for _, parse in requests])
         except (OSError, ProtocolError) as error:
             self._fail(error)
         except BaseException:
             self._abort("interrupted while waiting for a reply")
             raise
-        return (results[0] if finish is not None else None), results[-1]
+        finished = results[0] if finish is not None else None
+        reserved = results[-1]
+        if finished is not None or type(reserved) is not tuple:  # a refusal
+            name_refusals(results, requests)
+        return finished, reserved
 
     # BEGIN COMMANDS (scripts/generate_aio.py copies these into greenstalk/aio.py)
 
@@ -351,7 +462,7 @@ class Client(ClientBase[TBody]):
         """
         if type(body) is str and self.encoding is not None:
             body = body.encode(self.encoding)
-        return self._run(commands.put(cast(BodyBytes, body), priority, delay, ttr))
+        return self._run(commands.put(cast(Any, body), priority, delay, ttr))
 
     def put_many(
         self,
@@ -399,11 +510,7 @@ class Client(ClientBase[TBody]):
         not decode.
         """
         request = commands.reserve(timeout)
-        if self._timeout is None:
-            return self._job(self._run(request))
-        if timeout is None or timeout > commands.RESERVE_TIMEOUT_MAX:
-            return self._job(self._run(request, None))
-        return self._job(self._run(request, timeout + self._timeout))
+        return self._job(self._run(request, self._reserve_bound(timeout)))
 
     def reserve_job(self, job: JobOrID) -> Job[TBody]:
         """Reserve a specific job, in any tube and in any state except reserved.
@@ -545,11 +652,12 @@ def _timeval(seconds: float | None) -> bytes:
 
 def _connect(
     address: Address,
+    where: Where,
     timeout: float | None,
     connect_timeout: float | None,
     context: _ssl.SSLContext | None,
 ) -> socket.socket:
-    """Open (or adopt) the connection, with TLS when ``context`` is given.
+    """Open (or adopt) the connection to ``address`` (at ``where``), with TLS when ``context``.
 
     Raises :class:`~greenstalk.ClientTimeoutError` or :class:`~greenstalk.ClientConnectionError`.
     """
@@ -568,10 +676,9 @@ def _connect(
     except BaseException as error:
         if sock is not None and not adopted:
             sock.close()
-        if isinstance(error, socket.timeout):
-            raise ClientTimeoutError(f"cannot connect to {address!r}: timed out") from error
         if isinstance(error, OSError):
-            raise ClientConnectionError(f"cannot connect to {address!r}: {error}") from error
+            timed_out = isinstance(error, socket.timeout)
+            raise connect_failure(where, error, timed_out) from error
         raise
     # An adopted plain socket keeps its own timeout unless one was asked for.
     if not adopted or context is not None or timeout is not None or sock.gettimeout() == 0.0:
@@ -589,4 +696,5 @@ __all__ = [
     "ConnectionTarget",
     "Job",
     "JobOrID",
+    "TBody",
 ]

@@ -20,9 +20,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable, Union
 
+from ._address import describe_address
 from .client import Client
 
 ServerAddress = Union[tuple[str, int], str]
@@ -34,7 +36,7 @@ _ACTIVATE = (
     'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"'
 )
 
-# Seconds a stopping server gets before it is killed or reported stuck.
+# Seconds a server gets to stop (or to enter drain mode) before it is killed or reported stuck.
 _STOP_GRACE = 10
 
 
@@ -52,7 +54,7 @@ class ServerProcess:
     def __init__(
         self,
         address: ServerAddress,
-        process: subprocess.Popen[bytes] | None,
+        process: subprocess.Popen[Any] | None,
         kind: str = "beanstalkd",
         thread: _ServerThread | None = None,
     ) -> None:
@@ -64,10 +66,17 @@ class ServerProcess:
         self.kind = kind
         self._thread = thread
 
+    def __repr__(self) -> str:
+        address = self.address
+        at = describe_address(address if isinstance(address, str) else (address[0], address[1]))
+        where = "in-process" if self.process is None else f"pid {self.process.pid}"
+        return f"<ServerProcess {self.kind} at {at}, {where}>"
+
     def drain(self) -> None:
         """Put the server in drain mode (SIGUSR1): it refuses new jobs from now on.
 
-        Returns once the server reports ``draining: true``.
+        Returns once the server reports ``draining: true``. Raises
+        RuntimeError if it does not within 10 seconds.
         """
         if self._thread is not None:
             self._thread.call(lambda server: server.state.enter_drain_mode())
@@ -76,11 +85,13 @@ class ServerProcess:
         # One round trip first: until the server has answered a command it
         # may not have installed its SIGUSR1 handler, and the signal would
         # kill it.
-        with Client(self.address) as client:
+        with Client(self.address, socket_timeout=_STOP_GRACE) as client:
             client.using()
             self.process.send_signal(signal.SIGUSR1)
-            while client.stats()["draining"] != "true":
-                pass
+            deadline = time.monotonic() + _STOP_GRACE
+            while not client.stats()["draining"]:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{self!r} did not enter drain mode")
 
     def stop(self) -> None:
         """Stop the server (SIGTERM for a process) and wait until it has exited.

@@ -48,6 +48,26 @@ class Send:
 
 
 @dataclass(frozen=True)
+class Drip:
+    """Send ``data`` one byte at a time, ``interval`` seconds apart: a reply that trickles in."""
+
+    data: bytes
+    interval: float
+
+
+@dataclass(frozen=True)
+class ReadSlowly:
+    """Read ``total`` bytes, at most ``chunk`` bytes every ``interval`` seconds.
+
+    Ends early, and without error, when the client closes the connection.
+    """
+
+    total: int
+    chunk: int
+    interval: float
+
+
+@dataclass(frozen=True)
 class Close:
     """Close the connection now: gracefully (FIN), or with ``reset`` (RST, TCP only)."""
 
@@ -80,7 +100,7 @@ class Stall:
     timeout: float
 
 
-Step = Union[Expect, Send, Close, Wait, Silent, Stall]
+Step = Union[Expect, Send, Drip, ReadSlowly, Close, Wait, Silent, Stall]
 
 
 class ScriptError(AssertionError):
@@ -261,7 +281,20 @@ class FakeServer:
         self.received += data
         return data
 
-    def _run(self, sock: socket.socket, step: Expect | Send | Wait | Silent | Stall) -> None:
+    def _send(self, sock: socket.socket, data: bytes) -> None:
+        """Send all of ``data``; a client gone stops the script (send_error says why)."""
+        view = memoryview(data)
+        try:
+            while view:
+                self._wait(sock, write=True, timeout=None)
+                view = view[sock.send(view) :]
+        except OSError as error:
+            self.send_error = error
+            raise _Stopped from error
+
+    def _run(
+        self, sock: socket.socket, step: Expect | Send | Drip | ReadSlowly | Wait | Silent | Stall
+    ) -> None:
         if isinstance(step, Expect):
             got = b""
             while len(got) < len(step.data):
@@ -275,14 +308,21 @@ class FakeServer:
             if got != step.data:
                 raise _Expired(f"expected {step.data!r}, got {got!r}")
         elif isinstance(step, Send):
-            view = memoryview(step.data)
-            try:
-                while view:
-                    self._wait(sock, write=True, timeout=None)
-                    view = view[sock.send(view) :]
-            except OSError as error:
-                self.send_error = error
-                raise _Stopped from error
+            self._send(sock, step.data)
+        elif isinstance(step, Drip):
+            for index in range(len(step.data)):
+                if index and self._stop.wait(step.interval):
+                    raise _Stopped
+                self._send(sock, step.data[index : index + 1])
+        elif isinstance(step, ReadSlowly):
+            left = step.total
+            while left > 0:
+                if self._stop.wait(step.interval):
+                    raise _Stopped
+                data = self._recv(sock, min(step.chunk, left), None)
+                if not data:
+                    return
+                left -= len(data)
         elif isinstance(step, Wait):
             # stop() sets the event too, to wake this step up.
             if not step.event.wait(self.step_timeout):

@@ -15,8 +15,11 @@ import pytest
 
 import greenstalk
 import greenstalk.aio
+from greenstalk._protocol import commands
+from greenstalk.testing import BeanstalkdProcess
 
 from .test_aio_faults import waiting_reserves
+from .test_client import connected_socket, repr_at
 
 T = TypeVar("T")
 
@@ -167,15 +170,15 @@ def test_lifecycle(address: greenstalk.Address) -> None:
     async def main() -> None:
         client: greenstalk.aio.Client[bytes] = greenstalk.aio.Client(address)
         assert client.closed
-        assert "not connected" in repr(client)
+        assert repr(client) == repr_at("greenstalk.aio.Client", address)
         with pytest.raises(greenstalk.ClientConnectionError, match="not connected"):
             await client.put(b"x")
         async with client:
-            assert repr(client) == f"<greenstalk.aio.Client address={address!r} open>"
+            assert repr(client) == repr_at("greenstalk.aio.Client", address)
             with pytest.raises(greenstalk.ClientConnectionError, match="already connected"):
                 await client._open()
         assert client.closed
-        assert "closed by the client" in repr(client)
+        assert repr(client) == repr_at("greenstalk.aio.Client", address)
         await client.close()
         with pytest.raises(ConnectionError, match="closed by the client"):
             await client.stats()
@@ -225,5 +228,30 @@ def test_socket_timeout_counts_from_each_commands_turn(address: greenstalk.Addre
             assert isinstance(results[0], greenstalk.TimedOutError)
             assert isinstance(results[1], dict)
             assert not client.closed
+
+    run(main())
+
+
+def test_repr_of_a_socket_handed_in(beanstalkd: BeanstalkdProcess) -> None:
+    """Named by the socket's peer, as the sync client does."""
+
+    async def main() -> None:
+        with connected_socket(beanstalkd.address) as sock:
+            async with greenstalk.aio.Client(sock) as client:
+                assert repr(client) == repr_at("greenstalk.aio.Client", beanstalkd.address)
+
+    run(main())
+
+
+def test_the_worker_step_names_the_commands(address: greenstalk.Address) -> None:
+    async def main() -> None:
+        async with greenstalk.aio.Client(address) as client:
+            finished, reserved = await client._finish_and_reserve([commands.delete(99)], 0)
+            assert [str(error) for error in finished] == [
+                "delete 99: NOT_FOUND (no such job, or it is reserved by another connection)"
+            ]
+            assert str(reserved) == (
+                "reserve-with-timeout 0: TIMED_OUT (no job became ready in time)"
+            )
 
     run(main())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
 import itertools
 import os
 import select
@@ -37,9 +38,9 @@ from greenstalk import (
 from greenstalk.testing import BeanstalkdProcess
 
 from .conftest import StartServer
-from .fakeserver import Close, Expect, FakeServer, Send, Silent, Stall, Step, Wait
+from .fakeserver import Close, Drip, Expect, FakeServer, Send, Silent, Stall, Step, Wait
 from .test_faults import CALLS as SYNC_CALLS
-from .test_faults import GARBAGE, PUT_X, RESERVE, put_command
+from .test_faults import DRIPPED, GARBAGE, HTTP_REPLY, PUT_X, RESERVE, put_command
 
 T = TypeVar("T")
 E = TypeVar("E", bound=BaseException)
@@ -84,7 +85,7 @@ async def assert_refuses_use(
 ) -> None:
     """The client is closed and every call says so with a plain ClientConnectionError."""
     assert client.closed
-    assert "closed (" in repr(client)
+    assert repr(client).startswith("greenstalk.aio.Client(")
     for name in calls:
         error = await raises_exactly(ClientConnectionError, CALLS[name](client))
         assert "the connection is closed" in str(error), name
@@ -439,6 +440,57 @@ def test_socket_timeout_applies_after_a_blocking_reserve(serve: Serve) -> None:
     run(main())
 
 
+@pytest.mark.parametrize("call", list(DRIPPED))
+def test_socket_timeout_bounds_a_dripping_reply(serve: Serve, transport: str, call: str) -> None:
+    """A reply sent a byte at a time has socket_timeout in all, not for each byte."""
+
+    async def main() -> None:
+        command, reply = DRIPPED[call]
+        script: list[Step] = [Expect(command), Drip(reply, 0.05), Silent()]
+        async with serve(script, transport, socket_timeout=0.5) as (_, client):
+            started = time.monotonic()
+            await raises_exactly(ClientTimeoutError, CALLS[call](client))
+            assert 0.45 < time.monotonic() - started < 1.5
+            await assert_refuses_use(client)
+
+    run(main())
+
+
+def test_a_reserve_is_bounded_by_its_timeout_plus_socket_timeout(serve: Serve) -> None:
+    async def main() -> None:
+        script: list[Step] = [
+            Expect(b"reserve-with-timeout 1\r\n"),
+            Drip(b"RESERVED 1 40\r\n" + b"x" * 40 + b"\r\n", 0.05),
+            Silent(),
+        ]
+        async with serve(script, socket_timeout=0.3) as (_, client):
+            started = time.monotonic()
+            await raises_exactly(ClientTimeoutError, client.reserve(timeout=1))
+            assert 1.25 < time.monotonic() - started < 2.3
+
+    run(main())
+
+
+@pytest.mark.parametrize("timeout", [None, 0, 5])
+def test_connected_socket_own_timeout_bounds_a_reserve(timeout: int | None) -> None:
+    """A socket handed in without socket_timeout is used as it is: its own timeout
+    bounds every command, a reserve's wait included, as in the sync client."""
+
+    async def main() -> None:
+        ours, theirs = socket.socketpair()
+        ours.settimeout(0.3)
+        command = RESERVE if timeout is None else b"reserve-with-timeout %d\r\n" % timeout
+        script: list[Step] = [Expect(command), Silent(until_closed=True)]
+        with ours, FakeServer(script, connection=theirs):
+            async with greenstalk.aio.Client(ours) as client:
+                started = time.monotonic()
+                await raises_exactly(ClientTimeoutError, client.reserve(timeout))
+                assert 0.25 < time.monotonic() - started < 1.5
+                await assert_refuses_use(client)
+
+    run(main())
+
+
 def test_reserve_with_timeout_is_bounded(serve: Serve) -> None:
     """reserve(timeout=n) waits n + socket_timeout for a silent server, not forever."""
 
@@ -565,6 +617,77 @@ def test_garbage_reply(
             assert server.peer_closed
             await assert_refuses_use(client)
             assert server.received == command + USING
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    "pieces", [[HTTP_REPLY], [HTTP_REPLY[:26], HTTP_REPLY[26:]]], ids=["whole", "line-first"]
+)
+def test_a_peer_that_is_not_beanstalkd(serve: Serve, pieces: list[bytes]) -> None:
+    async def main() -> None:
+        script: list[Step] = [Expect(PUT_X), *(Send(piece) for piece in pieces), Silent()]
+        async with serve(script, socket_timeout=2) as (_, client):
+            error = await raises_exactly(UnknownResponseError, client.put(b"x"))
+            assert str(error) == (
+                "the server sent b'HTTP/1.1 400 Bad Request': is this a beanstalkd server?"
+            )
+            await assert_refuses_use(client)
+
+    run(main())
+
+
+BANNER = b"220 mail.example.org ESMTP\r\n"
+BANNER_ERROR = "the server sent b'220 mail.example.org ESMTP': is this a beanstalkd server?"
+
+
+def test_a_peer_that_speaks_first_is_not_beanstalkd() -> None:
+    """A banner sent before the first command (SMTP, SSH) is not a reply to no command."""
+
+    async def main() -> None:
+        ours, theirs = socket.socketpair()
+        with ours, FakeServer([Send(BANNER), Silent(until_closed=True)], connection=theirs):
+            readable, _, _ = select.select([ours], [], [], 5)
+            assert readable, "the banner never came"
+            error = await raises_exactly(ClientConnectionError, greenstalk.aio.connect(ours))
+            assert str(error) == f"the connection is closed: {BANNER_ERROR}"
+
+    run(main())
+
+
+def test_a_banner_while_idle_is_not_beanstalkd(serve: Serve) -> None:
+    async def main() -> None:
+        banner_due = threading.Event()
+        script: list[Step] = [Wait(banner_due), Send(BANNER), Silent()]
+        async with serve(script, socket_timeout=2) as (_, client):
+            banner_due.set()
+            deadline = time.monotonic() + 5
+            while not client.closed:  # the client is idle: nothing reads but the event loop
+                assert time.monotonic() < deadline, "the banner never came"
+                await asyncio.sleep(0.01)
+            error = await raises_exactly(ClientConnectionError, client.put(b"x"))
+            assert str(error) == f"the connection is closed: {BANNER_ERROR}"
+
+    run(main())
+
+
+def test_a_real_http_server_is_not_beanstalkd() -> None:
+    async def main() -> None:
+        with http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), http.server.BaseHTTPRequestHandler
+        ) as http_server:
+            thread = threading.Thread(target=http_server.serve_forever, args=(0.05,))
+            thread.start()
+            try:
+                address = (str(http_server.server_address[0]), http_server.server_address[1])
+                async with greenstalk.aio.Client(address, socket_timeout=5) as client:
+                    # It takes the put for an HTTP/0.9 request: an HTML page, then it hangs up.
+                    error = await raises_exactly(ProtocolError, client.put(b"x"))
+            finally:
+                http_server.shutdown()
+                thread.join(10)
+        assert str(error).startswith("the server sent b'<!DOCTYPE HTML")  # its error page
+        assert str(error).endswith("... and closed the connection: is this a beanstalkd server?")
 
     run(main())
 
@@ -714,13 +837,14 @@ def test_every_call_refused_before_connecting(call: str) -> None:
     run(main())
 
 
-def test_repr_names_the_failure(serve: Serve) -> None:
+def test_later_calls_name_the_failure(serve: Serve) -> None:
     async def main() -> None:
         async with serve([Expect(PUT_X), Close()], socket_timeout=2) as (_, client):
             await raises_exactly(ClientConnectionError, client.put(b"x"))
-            assert "closed (" in repr(client)
-            assert "the server closed the connection" in repr(client)
-            assert "not connected" not in repr(client)
+            assert repr(client) == "greenstalk.aio.Client(socket='')"  # as 2.1.1 writes it
+            error = await raises_exactly(ClientConnectionError, client.using())
+            assert "the connection is closed: the server closed the connection" in str(error)
+            assert "not connected" not in str(error)
 
     run(main())
 
@@ -731,7 +855,7 @@ def test_async_with_closes_on_exit() -> None:
         with ours, FakeServer([Silent(until_closed=True)], connection=theirs) as server:
             async with greenstalk.aio.Client(ours) as client:
                 assert not client.closed
-                assert "open" in repr(client)
+                assert repr(client) == "greenstalk.aio.Client(socket='')"
             assert client.closed
             assert ours.fileno() == -1
             server.join()
@@ -834,7 +958,26 @@ def test_connect_to_a_closed_port() -> None:
             address = holder.getsockname()
             error = await raises_exactly(ClientConnectionError, greenstalk.aio.connect(address))
         assert isinstance(error.__cause__, ConnectionRefusedError)
-        assert "cannot connect" in str(error)
+        # The address as a person writes it: asyncio's own message has it as a tuple.
+        assert str(error) == (
+            f"cannot connect to 127.0.0.1:{address[1]}: [Errno 111] Connection refused"
+        )
+
+    run(main())
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1:11300", "localhost:11300"])
+def test_host_port_string_is_taken_for_a_socket_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    async def main() -> None:
+        monkeypatch.chdir(tmp_path)
+        error = await raises_exactly(ClientConnectionError, greenstalk.aio.connect(text))
+        tcp = greenstalk.parse_address(text)
+        assert str(error) == (
+            f"cannot connect to unix:{text}: [Errno 2] No such file or directory (a str "
+            f"address is the path of a Unix socket: for TCP, pass a tuple {tcp!r})"
+        )
 
     run(main())
 
@@ -859,8 +1002,8 @@ def test_connect_to_a_bad_unix_path(tmp_path: Path, kind: str) -> None:
 
         await raises_exactly(ClientConnectionError, enter())
         assert client.closed
-        assert "cannot connect" in repr(client)
-        await raises_exactly(ClientConnectionError, client.put(b"x"))
+        error = await raises_exactly(ClientConnectionError, client.put(b"x"))
+        assert f"cannot connect to unix:{path}: " in str(error)
 
     run(main())
 
@@ -880,7 +1023,7 @@ def test_connect_timeout_tcp_backlog_full() -> None:
                     greenstalk.aio.connect(address, socket_connect_timeout=0.3),
                 )
                 assert time.monotonic() - start < 2
-                assert "timed out" in str(error)
+                assert str(error) == f"cannot connect to 127.0.0.1:{address[1]}: timed out"
                 assert isinstance(error, TimeoutError)
 
     run(main())

@@ -497,25 +497,6 @@ def test_draining_is_a_json_boolean(
     assert "DRAINING" in run_at(address, "top", "--once", "--interval", "0.01").out
 
 
-@pytest.mark.parametrize(
-    ("given", "draining"), [(True, True), (False, False), ("true", True), ("false", False)]
-)
-def test_draining_is_a_json_boolean_whatever_the_client_gives(
-    cli: Run, monkeypatch: pytest.MonkeyPatch, given: object, draining: bool
-) -> None:
-    """Whether the client reads ``draining`` as text or as a bool, the CLI prints a bool."""
-    stats = greenstalk.Client.stats
-
-    def given_draining(self: greenstalk.Client[bytes]) -> Any:
-        return {**stats(self), "draining": given}
-
-    monkeypatch.setattr(greenstalk.Client, "stats", given_draining)
-    assert cli("--json", "stats").json()["draining"] is draining
-    assert table_rows(cli("stats").out)["draining"] == str(draining).lower()
-    frame = cli("top", "--json", "--once", "--interval", "0.01").json()
-    assert frame["server"]["draining"] is draining
-
-
 def test_json_keys(cli: Run, client: greenstalk.Client[bytes]) -> None:
     """The keys the CLI makes up are snake_case; statistics keep the server's names."""
     client.put_many([b"a", b"b"])

@@ -13,11 +13,19 @@ from typing import Any
 import pytest
 
 import greenstalk
+from greenstalk._protocol import commands
 from greenstalk.testing import BeanstalkdProcess
 
 from .conftest import MakeClient, StartServer
 
 Client = greenstalk.Client
+
+
+def repr_at(name: str, address: greenstalk.Address) -> str:
+    """The repr of a client of ``address``, as greenstalk 2.1.1 writes it."""
+    if isinstance(address, tuple):
+        return f"{name}(host={address[0]!r}, port={address[1]!r})"
+    return f"{name}(socket={str(address)!r})"
 
 
 def state(client: Client[Any], job_id: int) -> str:
@@ -395,7 +403,7 @@ def test_largest_body_the_server_accepts(client: Client[bytes]) -> None:
 def test_stats_types(client: Client[bytes]) -> None:
     stats = client.stats()
     assert stats["version"] == "1.12"
-    assert stats["draining"] == "false"
+    assert stats["draining"] is False
     assert isinstance(stats["id"], str)
     assert isinstance(stats["hostname"], str)
     assert isinstance(stats["os"], str)
@@ -443,11 +451,65 @@ def test_job_too_big_leaves_the_client_usable(client: Client[bytes]) -> None:
 
 
 def test_draining_server_refuses_puts(beanstalkd: BeanstalkdProcess, client: Client[bytes]) -> None:
+    assert client.stats()["draining"] is False
     beanstalkd.drain()
-    with pytest.raises(greenstalk.DrainingError):
+    assert client.stats()["draining"] is True
+    with pytest.raises(greenstalk.DrainingError) as info:
         client.put(b"x")
+    assert str(info.value) == (
+        "put 1 byte: DRAINING (the server is in drain mode and takes no new jobs)"
+    )
     with pytest.raises(greenstalk.TimedOutError):
         client.reserve(timeout=0)
+
+
+def test_server_errors_name_the_command(client: Client[bytes]) -> None:
+    """A server error says which command it answers, with its job id or tube, and what
+    the reply means; an empty message (greenstalk 2.x) helps nobody."""
+    cases: list[tuple[Any, str]] = [
+        (lambda: client.delete(42), "delete 42: NOT_FOUND (no such job, or it is reserved "
+         "by another connection)"),
+        (lambda: client.release(greenstalk.Job(42, b"")), "release 42 65536 0: NOT_FOUND "
+         "(no such job reserved by this connection)"),
+        (lambda: client.reserve(timeout=0), "reserve-with-timeout 0: TIMED_OUT (no job "
+         "became ready in time)"),
+        (lambda: client.ignore("default"), "ignore default: NOT_IGNORED (it is the only tube "
+         "on the watch list)"),
+        (lambda: client.stats_tube("nosuch"), "stats-tube nosuch: NOT_FOUND (no such tube)"),
+        (lambda: client.peek_ready(), "peek-ready: NOT_FOUND (no ready job in the used tube)"),
+        (lambda: client.put(b"x" * 65536), "put 65536 bytes: JOB_TOO_BIG (the body is larger "
+         "than the server's max-job-size)"),
+    ]
+    for call, message in cases:
+        with pytest.raises(greenstalk.BeanstalkdError) as info:
+            call()
+        assert str(info.value) == message
+    with pytest.raises(greenstalk.PutManyError) as many:
+        client.put_many([b"x", b"x" * 65536])
+    assert str(many.value.errors[1]) == (
+        "put: JOB_TOO_BIG (the body is larger than the server's max-job-size)"
+    )
+    assert client.using() == "default"  # refusals leave the connection as it was
+
+
+def test_the_worker_step_names_the_commands(make_sync_client: MakeClient) -> None:
+    client = make_sync_client()
+    finished, reserved = client._finish_and_reserve(commands.delete(99), 0)
+    assert str(finished) == (
+        "delete 99: NOT_FOUND (no such job, or it is reserved by another connection)"
+    )
+    assert str(reserved) == "reserve-with-timeout 0: TIMED_OUT (no job became ready in time)"
+
+
+def test_tbody_is_greenstalk_2s_type_variable() -> None:
+    assert greenstalk.TBody.__constraints__ == (str, bytes)
+    assert "TBody" in greenstalk.__all__
+
+    def first_body(jobs: list[greenstalk.Job[greenstalk.TBody]]) -> greenstalk.TBody:
+        return jobs[0].body
+
+    assert first_body([greenstalk.Job(1, b"x")]) == b"x"
+    assert first_body([greenstalk.Job(1, "x")]) == "x"
 
 
 def test_server_error_classes_are_beanstalkd_errors() -> None:
@@ -651,6 +713,31 @@ def test_undecodable_body_leaves_the_job_reserved(make_client: MakeClient) -> No
 # -- connections ----------------------------------------------------------------------------
 
 
+def connected_socket(address: greenstalk.Address) -> socket.socket:
+    """A plain socket connected to ``address``."""
+    if isinstance(address, str):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(address)
+        return sock
+    assert isinstance(address, tuple)
+    return socket.create_connection(address, timeout=5)
+
+
+def test_repr_of_a_socket_handed_in(beanstalkd: BeanstalkdProcess) -> None:
+    """Named by the socket's peer, as greenstalk 2.1.1 did."""
+    with connected_socket(beanstalkd.address) as sock, greenstalk.Client(sock) as client:
+        assert repr(client) == repr_at("greenstalk.Client", beanstalkd.address)
+
+
+def test_repr_of_a_path_like_address(start_server: StartServer) -> None:
+    import pathlib
+
+    server = start_server(unix=True)
+    assert isinstance(server.address, str)
+    with greenstalk.Client(pathlib.Path(server.address)) as client:
+        assert repr(client) == f"greenstalk.Client(socket={server.address!r})"
+
+
 def test_pre_connected_socket(beanstalkd: BeanstalkdProcess) -> None:
     address = beanstalkd.address
     if isinstance(address, str):
@@ -665,10 +752,10 @@ def test_pre_connected_socket(beanstalkd: BeanstalkdProcess) -> None:
 
 def test_context_manager_and_close(address: greenstalk.Address) -> None:
     with greenstalk.Client(address) as client:
-        assert repr(client) == f"<greenstalk.Client address={address!r} open>"
+        assert repr(client) == repr_at("greenstalk.Client", address)
         assert not client.closed
     assert client.closed
-    assert "closed by the client" in repr(client)
+    assert repr(client) == repr_at("greenstalk.Client", address)
     client.close()
     with pytest.raises(greenstalk.ClientConnectionError, match="closed"):
         client.put(b"x")
@@ -723,7 +810,10 @@ def test_socket_timeout_does_not_cut_a_reserve_short(make_client: MakeClient) ->
 
 def test_job_repr_and_equality() -> None:
     job = greenstalk.Job(3, b"body")
-    assert repr(job) == "Job(id=3, body=b'body')"
+    assert repr(job) == "greenstalk.Job(id=3, body=b'body')"
+    assert repr(greenstalk.Job(4, "text")) == "greenstalk.Job(id=4, body='text')"
+    long = greenstalk.Job(5, b"x" * 1000)  # 2.1.1 shows the whole body
+    assert repr(long) == f"greenstalk.Job(id=5, body={b'x' * 1000!r})"
     assert job == greenstalk.Job(3, b"body")
     assert job != greenstalk.Job(3, b"other")
     assert job != 3

@@ -9,6 +9,7 @@ connection after a few seconds, and the clients have socket timeouts.
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import socket
 import struct
@@ -30,7 +31,18 @@ from greenstalk import (
 )
 from greenstalk.testing import BeanstalkdProcess
 
-from .fakeserver import Close, Expect, FakeServer, Send, Silent, Stall, Step, Wait
+from .fakeserver import (
+    Close,
+    Drip,
+    Expect,
+    FakeServer,
+    ReadSlowly,
+    Send,
+    Silent,
+    Stall,
+    Step,
+    Wait,
+)
 
 AnyClient = greenstalk.Client[Any]
 Call = Callable[[AnyClient], object]
@@ -78,8 +90,7 @@ CALLS: dict[str, Call] = {
 def assert_refuses_use(client: AnyClient, calls: list[str] | None = None) -> None:
     """The client is closed and every call says so with a plain ClientConnectionError."""
     assert client.closed
-    assert repr(client).endswith(")>")
-    assert "closed (" in repr(client)
+    assert repr(client).startswith("greenstalk.Client(")
     for name in calls or ["put", "reserve"]:
         with pytest.raises(ClientConnectionError) as info:
             CALLS[name](client)
@@ -404,6 +415,95 @@ def test_real_reserve_gets_a_job_put_by_another_client(beanstalkd: BeanstalkdPro
         assert (job.id, job.body) == (ids[0], b"from another client")
 
 
+# -- socket_timeout bounds a whole command ------------------------------------
+
+# A valid stats reply (the fields' values do not matter to the client).
+STATS_YAML = b"---\ncurrent-jobs-ready: 0\ncurrent-jobs-reserved: 0\ntotal-jobs: 0\n"
+STATS_REPLY = b"OK %d\r\n%s\r\n" % (len(STATS_YAML), STATS_YAML)
+# (call, command, reply): replies long enough to take several seconds when
+# dripped a byte at a time.
+DRIPPED: dict[str, tuple[bytes, bytes]] = {
+    "stats": (b"stats\r\n", STATS_REPLY),
+    "put": (PUT_X, b"INSERTED 1234567890123456789" + b"0" * 40 + b"\r\n"),
+    "put_many": (put_command(b"x") + put_command(b"y"), b"INSERTED 1\r\nINSERTED 2\r\n" * 3),
+}
+
+
+@pytest.mark.parametrize("call", list(DRIPPED))
+def test_socket_timeout_bounds_a_dripping_reply(serve: Serve, transport: str, call: str) -> None:
+    """A server that sends its reply a byte at a time, each within socket_timeout of the
+    last, still has socket_timeout for the whole reply, not for each byte."""
+    command, reply = DRIPPED[call]
+    script: list[Step] = [Expect(command), Drip(reply, 0.05), Silent()]
+    server, client = serve(script, transport, socket_timeout=0.5)
+    started = time.monotonic()
+    raises_exactly(ClientTimeoutError, lambda: CALLS[call](client))
+    assert 0.45 < time.monotonic() - started < 1.5
+    assert_refuses_use(client)
+    server.join()
+
+
+def test_a_reserve_is_bounded_by_its_timeout_plus_socket_timeout(serve: Serve) -> None:
+    body = b"x" * 40
+    script: list[Step] = [
+        Expect(b"reserve-with-timeout 1\r\n"),
+        Drip(b"RESERVED 1 40\r\n" + body + b"\r\n", 0.05),
+        Silent(),
+    ]
+    _, client = serve(script, "tcp", socket_timeout=0.3)
+    started = time.monotonic()
+    raises_exactly(ClientTimeoutError, lambda: client.reserve(timeout=1))
+    assert 1.25 < time.monotonic() - started < 2.3
+
+
+def test_a_reply_in_several_reads_leaves_the_next_command_its_whole_timeout(
+    serve: Serve, transport: str
+) -> None:
+    """Cutting the socket's bound to the time left for one reply must not shorten the next's."""
+    # The reply takes 0.55 s, leaving 0.45 s; the next reply comes after 0.7 s.
+    script: list[Step] = [
+        Expect(PUT_X),
+        Drip(b"INSERTED 1\r\n", 0.05),
+        Expect(PUT_X),
+        Stall(0.7),
+        Send(b"INSERTED 2\r\n"),
+    ]
+    server, client = serve(script, transport, socket_timeout=1)
+    assert client.put(b"x") == 1
+    assert client.put(b"x") == 2
+    server.join()
+    assert server.completed
+
+
+@pytest.mark.parametrize("transport", ["unix", "socketpair"])
+def test_socket_timeout_bounds_sending_to_a_slow_reader(serve: Serve, transport: str) -> None:
+    """A server that reads a large put slowly, but steadily, gets socket_timeout for all of it."""
+    body = b"x" * (8 << 20)
+    script: list[Step] = [ReadSlowly(len(body), 65536, 0.02), Silent()]
+    _, client = serve(script, transport, socket_timeout=0.5)
+    started = time.monotonic()
+    raises_exactly(ClientTimeoutError, lambda: client.put(body))
+    assert time.monotonic() - started < 1.5
+    assert_refuses_use(client)
+
+
+def test_a_large_put_within_socket_timeout_is_sent(serve: Serve) -> None:
+    """Sending in several parts when the socket buffer is full works, and keeps the bound."""
+    body = b"y" * (4 << 20)
+    script: list[Step] = [
+        Expect(put_command(body)),
+        Send(b"INSERTED 1\r\n"),
+        Expect(PUT_X),
+        Stall(0.3),
+        Send(b"INSERTED 2\r\n"),
+    ]
+    server, client = serve(script, "unix", socket_timeout=5)
+    assert client.put(body) == 1
+    assert client.put(b"x") == 2
+    server.join()
+    assert server.completed
+
+
 # -- garbage from the server -------------------------------------------------
 
 GARBAGE: list[tuple[str, str, bytes, bytes, type[ClientConnectionError]]] = [
@@ -429,9 +529,12 @@ GARBAGE: list[tuple[str, str, bytes, bytes, type[ClientConnectionError]]] = [
     ("reserved-extra-value", "reserve", RESERVE, b"RESERVED 1 1 1\r\nx\r\n", ProtocolError),
     ("reserved-bad-id", "reserve", RESERVE, b"RESERVED x 1\r\nx\r\n", ProtocolError),
     ("reserved-huge-size", "reserve", RESERVE, b"RESERVED 1 " + b"9" * 21 + b"\r\n", ProtocolError),
-    # Body sizes are u32 on the wire (and at most 1 GiB in beanstalkd): a
-    # larger size is garbage, not a reason to buffer gigabytes.
+    # beanstalkd sends at most 1 GiB (its largest -z): a larger size is
+    # garbage, not a reason to wait for and buffer gigabytes.
     ("reserved-size-over-u32", "reserve", RESERVE, b"RESERVED 1 4294967296\r\n", ProtocolError),
+    ("reserved-size-over-1gib", "reserve", RESERVE, b"RESERVED 1 1073741825\r\n", ProtocolError),
+    ("found-size-over-1gib", "peek", b"peek 1\r\n", b"FOUND 1 1073741825\r\n", ProtocolError),
+    ("ok-size-over-1gib", "stats", b"stats\r\n", b"OK 4294967295\r\n", ProtocolError),
     ("body-no-crlf", "reserve", RESERVE, b"RESERVED 1 5\r\nhelloXX", ProtocolError),
     ("body-lf-cr", "reserve", RESERVE, b"RESERVED 1 5\r\nhello\n\r", ProtocolError),
     ("body-too-long", "reserve", RESERVE, b"RESERVED 1 3\r\nhello\r\n", ProtocolError),
@@ -479,6 +582,55 @@ def test_garbage_reply(
     server.join()
     assert server.peer_closed
     assert_refuses_use(client)
+
+
+HTTP_REPLY = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: 11\r\n"
+    b"Connection: close\r\n\r\nBad Request"
+)
+
+
+@pytest.mark.parametrize(
+    "pieces", [[HTTP_REPLY], [HTTP_REPLY[:26], HTTP_REPLY[26:]], [HTTP_REPLY[:30]]],
+    ids=["whole", "line-first", "line-and-a-bit"],
+)
+def test_a_peer_that_is_not_beanstalkd(serve: Serve, pieces: list[bytes]) -> None:
+    """An HTTP server's answer is not read as replies to no command: the error quotes it."""
+    script: list[Step] = [Expect(PUT_X), *(Send(piece) for piece in pieces), Silent(timeout=3)]
+    _, client = serve(script, "socketpair", socket_timeout=2)
+    error = raises_exactly(UnknownResponseError, lambda: client.put(b"x"))
+    assert str(error) == (
+        "the server sent b'HTTP/1.1 400 Bad Request': is this a beanstalkd server?"
+    )
+    assert_refuses_use(client)
+
+
+def test_a_peer_that_speaks_first_is_not_beanstalkd(serve: Serve) -> None:
+    """A banner the peer sends before any command (SMTP, SSH) meets the first command."""
+    script: list[Step] = [Send(b"220 mail.example.org ESMTP\r\n"), Expect(PUT_X), Silent()]
+    _, client = serve(script, "socketpair", socket_timeout=2)
+    error = raises_exactly(UnknownResponseError, lambda: client.put(b"x"))
+    assert str(error) == (
+        "the server sent b'220 mail.example.org ESMTP': is this a beanstalkd server?"
+    )
+
+
+def test_a_real_http_server_is_not_beanstalkd() -> None:
+    with http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), http.server.BaseHTTPRequestHandler
+    ) as http_server:
+        thread = threading.Thread(target=http_server.serve_forever, args=(0.05,))
+        thread.start()
+        try:
+            address = http_server.server_address
+            with greenstalk.Client((str(address[0]), address[1]), socket_timeout=5) as client:
+                # It takes the put for an HTTP/0.9 request: an HTML page, then it hangs up.
+                error = raises_exactly(ProtocolError, lambda: client.put(b"x"))
+        finally:
+            http_server.shutdown()
+            thread.join(10)
+    assert str(error).startswith("the server sent b'<!DOCTYPE HTML")  # its error page
+    assert str(error).endswith("... and closed the connection: is this a beanstalkd server?")
 
 
 def test_unknown_response_error_fields(serve: Serve) -> None:
@@ -574,7 +726,7 @@ def test_close_and_context_manager(serve: Serve) -> None:
     with ours, FakeServer([Silent(until_closed=True)], connection=theirs) as server:
         with greenstalk.Client(ours) as client:
             assert not client.closed
-            assert "open" in repr(client)
+            assert repr(client) == "greenstalk.Client(socket='')"  # a socketpair has no name
         assert client.closed
         assert ours.fileno() == -1
         server.join()
@@ -593,7 +745,34 @@ def test_connect_to_a_closed_port() -> None:
         address = holder.getsockname()
         error = raises_exactly(ClientConnectionError, lambda: greenstalk.Client(address))
     assert isinstance(error.__cause__, ConnectionRefusedError)
-    assert "cannot connect" in str(error)
+    # The address as a person writes it, never a tuple's repr.
+    assert str(error) == f"cannot connect to 127.0.0.1:{address[1]}: [Errno 111] Connection refused"
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1:11300", "localhost:11300", "[::1]:11300"])
+def test_host_port_string_is_taken_for_a_socket_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    """A str address is a Unix socket path; when none exists and it looks like host:port,
+    the error says that TCP takes a tuple."""
+    monkeypatch.chdir(tmp_path)
+    error = raises_exactly(ClientConnectionError, lambda: greenstalk.Client(text))
+    tcp = greenstalk.parse_address(text)
+    assert isinstance(tcp, tuple)
+    assert str(error) == (
+        f"cannot connect to unix:{text}: [Errno 2] No such file or directory (a str address "
+        f"is the path of a Unix socket: for TCP, pass a tuple {tcp!r})"
+    )
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_a_missing_socket_path_gets_no_tcp_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, relative: bool
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = "beanstalkd.sock" if relative else str(tmp_path / "beanstalkd.sock")
+    error = raises_exactly(ClientConnectionError, lambda: greenstalk.Client(path))
+    assert str(error) == f"cannot connect to unix:{path}: [Errno 2] No such file or directory"
 
 
 @pytest.mark.parametrize("kind", ["missing", "regular-file", "directory"])
@@ -623,7 +802,7 @@ def test_connect_timeout_tcp_backlog_full() -> None:
                 lambda: greenstalk.Client(address, socket_connect_timeout=0.3),
             )
             assert time.monotonic() - start < 2
-            assert "timed out" in str(error)
+            assert str(error) == f"cannot connect to 127.0.0.1:{address[1]}: timed out"
 
 
 def test_connect_timeout_unix_backlog_full(tmp_path: Path) -> None:
@@ -738,6 +917,24 @@ def test_connected_socket_keeps_or_takes_a_timeout(own_timeout: float | None) ->
         assert ours.gettimeout() == (None if own_timeout == 0.0 else own_timeout)
         assert client.put(b"x") == 1
         client.close()
+
+
+@pytest.mark.parametrize("timeout", [None, 0, 5])
+def test_connected_socket_own_timeout_bounds_a_reserve(timeout: int | None) -> None:
+    """A socket handed in without socket_timeout is used as it is, as greenstalk 2.1.1 did:
+    its own timeout bounds a reserve too (2.1.1 raised socket.timeout)."""
+    ours, theirs = socket.socketpair()
+    ours.settimeout(0.3)
+    command = RESERVE if timeout is None else b"reserve-with-timeout %d\r\n" % timeout
+    with ours, FakeServer([Expect(command), Silent(until_closed=True)], connection=theirs):
+        client = greenstalk.Client(ours)
+        started = time.monotonic()
+        error = raises_exactly(ClientTimeoutError, lambda: client.reserve(timeout))
+        assert 0.25 < time.monotonic() - started < 1.5
+        assert isinstance(error, TimeoutError)
+        # What 2.1.1 raised: the same class as TimeoutError since Python 3.10.
+        assert isinstance(error, socket.timeout) or sys.version_info < (3, 10)
+        assert_refuses_use(client)
 
 
 def test_connected_socket_own_timeout_applies() -> None:

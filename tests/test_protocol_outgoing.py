@@ -9,6 +9,7 @@ import pytest
 from greenstalk._protocol import outgoing
 from greenstalk._protocol.stats import (
     JOB_TEXT_FIELDS,
+    SERVER_FLAG_FIELDS,
     SERVER_TEXT_FIELDS,
     TUBE_TEXT_FIELDS,
     Stats,
@@ -43,6 +44,14 @@ def test_cpu_times_keep_six_decimals() -> None:
     )
 
 
+@pytest.mark.parametrize(("value", "line"), [(False, b"false"), (True, b"true")])
+def test_flags_are_written_as_beanstalkd_writes_them(value: bool, line: bytes) -> None:
+    class Shape:
+        __annotations__ = {"draining": bool}
+
+    assert outgoing.stats_yaml(Shape, {"draining": value}) == b"---\ndraining: " + line + b"\n"
+
+
 def test_missing_field_is_an_error() -> None:
     with pytest.raises(KeyError):
         outgoing.stats_yaml(StatsJob, {"id": 1})
@@ -72,13 +81,13 @@ def test_stats_and_lists_as_beanstalkd_writes_them(beanstalkd: BeanstalkdProcess
         while replies.count(b"\r\n") < 2:
             replies += sock.recv(65536)
         assert replies == b"INSERTED 1\r\nWATCHING 2\r\n"
-        for command, shape, text_fields in [
-            (b"stats\r\n", Stats, SERVER_TEXT_FIELDS),
-            (b"stats-tube default\r\n", StatsTube, TUBE_TEXT_FIELDS),
-            (b"stats-job 1\r\n", StatsJob, JOB_TEXT_FIELDS),
+        for command, shape, text_fields, flag_fields in [
+            (b"stats\r\n", Stats, SERVER_TEXT_FIELDS, SERVER_FLAG_FIELDS),
+            (b"stats-tube default\r\n", StatsTube, TUBE_TEXT_FIELDS, frozenset()),
+            (b"stats-job 1\r\n", StatsJob, JOB_TEXT_FIELDS, frozenset()),
         ]:
             theirs = _data(sock, command)
-            ours = outgoing.stats_yaml(shape, parse_stats(theirs, text_fields))
+            ours = outgoing.stats_yaml(shape, parse_stats(theirs, text_fields, flag_fields))
             assert ours == theirs
         for command in (b"list-tubes\r\n", b"list-tubes-watched\r\n"):
             theirs = _data(sock, command)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
@@ -33,8 +34,11 @@ from greenstalk._protocol.errors import (
     UnknownCommandError,
     UnknownResponseError,
     error_for,
+    name_command,
+    stray_error,
 )
 from greenstalk._protocol.responses import (
+    MAX_DATA_SIZE,
     MAX_REPLY_LINE,
     Reply,
     ReplyReader,
@@ -334,6 +338,20 @@ def test_line_without_crlf_too_long() -> None:
         parse_all([b"X" * (MAX_REPLY_LINE + 1)])
 
 
+def test_long_line_of_another_protocol_asks_what_the_peer_is() -> None:
+    page = b"<html><head><title>400 Bad Request</title></head><body>" + b"x" * 2000
+    with pytest.raises(ProtocolError) as info:
+        parse_all([page])
+    assert str(info.value) == (
+        "reply line longer than 1024 bytes "
+        "(b'<html><head><title>400 Bad Request</title></head><body>xxxxx'...): "
+        "is this a beanstalkd server?"
+    )
+    with pytest.raises(ProtocolError) as beanstalkd_like:
+        parse_all([b"USING " + b"a" * 2000 + b"\r\n"])
+    assert str(beanstalkd_like.value) == "reply line longer than 1024 bytes"
+
+
 def test_line_without_crlf_too_long_in_pieces() -> None:
     reader = ReplyReader()
     got: list[Reply] = []
@@ -464,6 +482,22 @@ def test_data_not_followed_by_crlf_detected_only_once_complete() -> None:
     assert got == []
     with pytest.raises(ProtocolError, match=r"^RESERVED data not followed by CRLF"):
         collect(reader, [b"Y"], got)
+
+
+@pytest.mark.parametrize("status", [b"RESERVED 1", b"FOUND 1", b"OK"])
+def test_data_larger_than_beanstalkd_sends_is_refused_at_once(status: bytes) -> None:
+    """beanstalkd sends at most 1 GiB (its largest -z): a larger size is refused
+    from the reply line alone, before any data is waited for or buffered."""
+    assert MAX_DATA_SIZE == 1073741824
+    for size in (MAX_DATA_SIZE + 1, 2**32 - 1, 2**32, 10**19):
+        line = b"%b %d\r\n" % (status, size)
+        with pytest.raises(ProtocolError, match=r"announces \d+ bytes of data, more than"):
+            parse_all([line])
+        with pytest.raises(ProtocolError, match=r"announces \d+ bytes of data, more than"):
+            parse_all(one_byte_at_a_time(line))
+    reader = ReplyReader()
+    assert reader.receive(b"%b %d\r\nabc" % (status, MAX_DATA_SIZE)) == []
+    assert not reader.idle  # the largest size is a reply still coming
 
 
 def test_size_of_20_digits_is_a_number() -> None:
@@ -772,7 +806,176 @@ def test_buried_error_ids() -> None:
     assert BuriedError(6).id == 6
     error = BuriedWithJobIDError(7)
     assert error.id == 7
-    assert str(error) == "7"
+    assert error.job_id == 7
+    assert str(error) == (
+        "put: BURIED 7 (the server is out of memory: the job was stored, but buried)"
+    )
+
+
+# -- error messages ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("request_", "wire", "message"),
+    [
+        (c.delete(42), b"NOT_FOUND", "delete 42: NOT_FOUND (no such job, or it is reserved by "
+         "another connection)"),
+        (c.release(42, 5, 0), b"NOT_FOUND", "release 42 5 0: NOT_FOUND (no such job reserved "
+         "by this connection)"),
+        (c.bury(42, 5), b"NOT_FOUND", "bury 42 5: NOT_FOUND (no such job reserved by this "
+         "connection)"),
+        (c.touch(42), b"NOT_FOUND", "touch 42: NOT_FOUND (no such job reserved by this "
+         "connection)"),
+        (c.reserve_job(42), b"NOT_FOUND", "reserve-job 42: NOT_FOUND (no such job, or it is "
+         "reserved)"),
+        (c.kick_job(42), b"NOT_FOUND", "kick-job 42: NOT_FOUND (no such job, or it is neither "
+         "buried nor delayed)"),
+        (c.peek(42), b"NOT_FOUND", "peek 42: NOT_FOUND (no such job)"),
+        (c.stats_job(42), b"NOT_FOUND", "stats-job 42: NOT_FOUND (no such job)"),
+        (c.peek_ready(), b"NOT_FOUND", "peek-ready: NOT_FOUND (no ready job in the used tube)"),
+        (c.peek_delayed(), b"NOT_FOUND", "peek-delayed: NOT_FOUND (no delayed job in the used "
+         "tube)"),
+        (c.peek_buried(), b"NOT_FOUND", "peek-buried: NOT_FOUND (no buried job in the used "
+         "tube)"),
+        (c.stats_tube("emails"), b"NOT_FOUND", "stats-tube emails: NOT_FOUND (no such tube)"),
+        (c.pause_tube("emails", 5), b"NOT_FOUND", "pause-tube emails 5: NOT_FOUND (no such "
+         "tube)"),
+        (c.reserve(5), b"TIMED_OUT", "reserve-with-timeout 5: TIMED_OUT (no job became ready "
+         "in time)"),
+        (c.reserve(None), b"DEADLINE_SOON", "reserve: DEADLINE_SOON (a job this connection "
+         "holds is within a second of its TTR)"),
+        (c.ignore("emails"), b"NOT_IGNORED", "ignore emails: NOT_IGNORED (it is the only tube "
+         "on the watch list)"),
+        (c.put(b"x" * 70000, 1, 0, 60), b"JOB_TOO_BIG", "put 70000 bytes: JOB_TOO_BIG (the body "
+         "is larger than the server's max-job-size)"),
+        (c.put(b"x", 1, 0, 60), b"DRAINING", "put 1 byte: DRAINING (the server is in drain "
+         "mode and takes no new jobs)"),
+        (c.put(b"x", 1, 0, 60), b"BURIED 9", "put 1 byte: BURIED 9 (the server is out of "
+         "memory: the job was stored, but buried)"),
+        (c.release(42, 5, 0), b"BURIED", "release 42 5 0: BURIED (the server is out of memory: "
+         "the job was buried)"),
+        (c.stats(), b"OUT_OF_MEMORY", "stats: OUT_OF_MEMORY (the server could not allocate "
+         "memory or binlog space)"),
+        (c.use("t"), b"INTERNAL_ERROR", "use t: INTERNAL_ERROR (a bug or a failed binlog write "
+         "in the server)"),
+        (c.watch("t"), b"BAD_FORMAT", "watch t: BAD_FORMAT (the server could not parse the "
+         "command)"),
+        (c.kick(3), b"UNKNOWN_COMMAND", "kick 3: UNKNOWN_COMMAND (the server does not know the "
+         "command)"),
+        (c.put(b"x", 1, 0, 60), b"EXPECTED_CRLF", "put 1 byte: EXPECTED_CRLF (the body was not "
+         "followed by CRLF)"),
+    ],
+)
+def test_error_message_names_the_command(
+    request_: tuple[bytes, Callable[[Reply], object]], wire: bytes, message: str
+) -> None:
+    """A transport names the command it sent in the error; the message says what went wrong."""
+    data, parse = request_
+    status, *values = wire.split(b" ")
+    with pytest.raises(BeanstalkdError) as info:
+        parse(rep(status, values, None))
+    error = info.value
+    name_command(error, data)
+    assert str(error) == message
+
+
+@pytest.mark.parametrize(
+    ("request_", "wire", "message"),
+    [
+        (c.put(b"x", 1, 0, 60), b"JOB_TOO_BIG", "put: JOB_TOO_BIG (the body is larger than the "
+         "server's max-job-size)"),
+        (c.delete(1), b"NOT_FOUND", "delete: NOT_FOUND (no such job, or it is reserved by "
+         "another connection)"),
+        (c.release(1, 0, 0), b"BURIED", "release: BURIED (the server is out of memory: the job "
+         "was buried)"),
+        (c.touch(1), b"NOT_FOUND", "touch: NOT_FOUND (no such job reserved by this connection)"),
+        (c.pause_tube("t", 1), b"NOT_FOUND", "pause-tube: NOT_FOUND (no such tube)"),
+        (c.peek(1), b"NOT_FOUND", "NOT_FOUND (no such job or tube, or the job is not in a state "
+         "this command needs)"),
+        (c.reserve(0), b"TIMED_OUT", "TIMED_OUT (no job became ready in time)"),
+    ],
+)
+def test_error_message_without_the_command_line(
+    request_: tuple[bytes, Callable[[Reply], object]], wire: bytes, message: str
+) -> None:
+    """Unnamed by a transport (a pipelined command), an error still names the command
+    when its success reply belongs to one command only."""
+    status, *values = wire.split(b" ")
+    with pytest.raises(BeanstalkdError) as info:
+        request_[1](rep(status, values, None))
+    assert str(info.value) == message
+
+
+def test_errors_made_by_hand_have_messages() -> None:
+    assert str(NotFoundError()) == (
+        "NOT_FOUND (no such job or tube, or the job is not in a state this command needs)"
+    )
+    assert str(BuriedError()) == "BURIED (the server is out of memory: the job was buried)"
+    assert str(BeanstalkdError()) == "error reply (the server refused the command)"
+    assert str(NotFoundError("custom")) == "custom"  # a message given when raising wins
+    for _, error_class in ERROR_CLASSES:
+        assert str(error_class()).startswith(error_class._reply.decode() + " (")
+
+
+def test_errors_pickle() -> None:
+    named = NotFoundError()
+    name_command(named, b"delete 42\r\n")
+    try:
+        b"\xff".decode("utf-8")
+    except UnicodeDecodeError as cause:
+        decode_error = BodyDecodeError(FakeJob(7, b"\xff"), cause)
+    errors: list[Exception] = [
+        named,
+        BuriedWithJobIDError(7),
+        BuriedError(),
+        UnknownResponseError(b"HTTP/1.1", [b"400", b"Bad", b"Request"]),
+        PutManyError([1, None], {1: JobTooBigError()}),
+        ClientTimeoutError("slow"),
+        ProtocolError("garbage"),
+        decode_error,
+        *(error_class() for _, error_class in ERROR_CLASSES),
+    ]
+    for error in errors:
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error)
+        assert str(copy) == str(error)
+        assert copy.args == error.args
+        assert vars(copy).keys() == vars(error).keys(), type(error)
+    unknown = pickle.loads(pickle.dumps(errors[3]))
+    assert (unknown.status, unknown.values) == (b"HTTP/1.1", [b"400", b"Bad", b"Request"])
+    many = pickle.loads(pickle.dumps(errors[4]))
+    assert many.ids == [1, None]
+    assert type(many.errors[1]) is JobTooBigError
+    assert pickle.loads(pickle.dumps(decode_error)).job == FakeJob(7, b"\xff")
+
+
+def test_a_reply_of_another_protocol_asks_what_the_peer_is() -> None:
+    error = error_for(b"HTTP/1.1", [b"400", b"Bad", b"Request"], b"INSERTED")
+    assert type(error) is UnknownResponseError
+    assert str(error) == "the server sent b'HTTP/1.1 400 Bad Request': is this a beanstalkd server?"
+    long = error_for(b"SSH-2.0-" + b"x" * 100, [])
+    assert str(long) == (
+        "the server sent b'SSH-2.0-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'...: "
+        "is this a beanstalkd server?"
+    )
+    assert str(error_for(b"DELETED", [b"1"])) == "unexpected reply: b'DELETED 1'"
+
+
+def test_stray_error() -> None:
+    inserted = rep(b"INSERTED", [b"1"], None)
+    http = rep(b"HTTP/1.1", [b"400", b"Bad", b"Request"], None)
+    header = rep(b"Content-Type:", [b"text/html"], None)
+    first = stray_error([http, header], 1)
+    assert type(first) is UnknownResponseError
+    assert "b'HTTP/1.1 400 Bad Request': is this a beanstalkd server?" in str(first)
+    extra = stray_error([inserted, header], 1)
+    assert type(extra) is UnknownResponseError
+    assert "is this a beanstalkd server?" in str(extra)
+    more = stray_error([inserted, inserted], 1)
+    assert type(more) is ProtocolError
+    assert str(more) == "the server sent a reply to no command"
+    partial = stray_error([inserted], 1)
+    assert str(partial) == "the server sent bytes that answer no command"
 
 
 class FakeJob(NamedTuple):

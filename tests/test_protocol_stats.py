@@ -14,6 +14,7 @@ from greenstalk._protocol.errors import ProtocolError
 from greenstalk._protocol.responses import Reply, ReplyReader
 from greenstalk._protocol.stats import (
     JOB_TEXT_FIELDS,
+    SERVER_FLAG_FIELDS,
     SERVER_TEXT_FIELDS,
     TUBE_TEXT_FIELDS,
     Stats,
@@ -126,7 +127,7 @@ SERVER_STATS: dict[str, Any] = {
     "binlog-records-migrated": 0,
     "binlog-records-written": 37,
     "binlog-max-size": 10485760,
-    "draining": "false",
+    "draining": False,
     "id": "4e1b7495c8dd4da5",
     "hostname": "vm",
     "os": "#1 SMP PREEMPT_DYNAMIC @0",
@@ -295,17 +296,17 @@ def test_value_types() -> None:
     stats = stats_of(SERVER_YAML)
     for key in ("rusage-utime", "rusage-stime"):
         assert type(stats[key]) is float
-    for key in ("version", "draining", "id", "hostname", "os", "platform"):
+    for key in ("version", "id", "hostname", "os", "platform"):
         assert type(stats[key]) is str
+    assert stats["draining"] is False
     for key, value in stats.items():
-        if key not in SERVER_TEXT_FIELDS and not key.startswith("rusage-"):
+        if key not in SERVER_TEXT_FIELDS | SERVER_FLAG_FIELDS and not key.startswith("rusage-"):
             assert type(value) is int, key
 
 
 def test_text_field_sets() -> None:
-    assert frozenset({"version", "draining", "id", "hostname", "os", "platform"}) == (
-        SERVER_TEXT_FIELDS
-    )
+    assert frozenset({"version", "id", "hostname", "os", "platform"}) == SERVER_TEXT_FIELDS
+    assert frozenset({"draining"}) == SERVER_FLAG_FIELDS
     assert frozenset({"name"}) == TUBE_TEXT_FIELDS
     assert frozenset({"tube", "state"}) == JOB_TEXT_FIELDS
 
@@ -330,7 +331,8 @@ def test_text_field_sets() -> None:
         (b"hostname: 1.5", "hostname", "1.5"),
         (b"hostname: host-01.example.org", "hostname", "host-01.example.org"),
         (b"platform: aarch64", "platform", "aarch64"),
-        (b"draining: true", "draining", "true"),
+        (b"draining: true", "draining", True),
+        (b"draining: false", "draining", False),
         (b"rusage-utime: 0.000000", "rusage-utime", 0.0),
         (b"rusage-stime: 123.456789", "rusage-stime", 123.456789),
         (b"pid: 1", "pid", 1),
@@ -494,6 +496,13 @@ def test_malformed_list(yaml: bytes) -> None:
     for request in (c.list_tubes(), c.list_tubes_watched()):
         with pytest.raises(ProtocolError, match=r"^(YAML reply|malformed YAML list line)"):
             run(request, ok_reply(yaml))
+
+
+@pytest.mark.parametrize("value", [b"True", b"1", b"yes", b""])
+def test_draining_is_true_or_false(value: bytes) -> None:
+    """draining is a bool: anything but true or false is not beanstalkd's."""
+    with pytest.raises(ProtocolError, match=r"^malformed YAML line: 'draining: .*true or false"):
+        stats_of(replace(SERVER_YAML, b"draining", b"draining: " + value))
 
 
 def test_parse_stats_directly() -> None:

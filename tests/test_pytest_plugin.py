@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 import greenstalk
-from greenstalk.testing import ServerAddress, ServerProcess
+from greenstalk.pytest_plugin import CLIENT_SOCKET_TIMEOUT
+from greenstalk.testing import ServerAddress, ServerProcess, run_server
 
 
 def test_fixtures_give_a_working_server(
@@ -44,3 +45,44 @@ def test_the_ini_option_chooses_the_server(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("-s")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*SERVER-KIND beanstalkd*"])
+
+
+def test_the_client_fixture_has_a_socket_timeout(
+    greenstalk_client: greenstalk.Client[bytes],
+) -> None:
+    """A server that stops answering fails the test instead of hanging it."""
+    assert greenstalk_client._timeout == CLIENT_SOCKET_TIMEOUT == 10
+
+
+def test_a_bad_ini_value_is_one_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ngreenstalk_server = beanstalk\n")
+    pytester.makepyfile(CHILD_TEST + CHILD_TEST.replace("test_server", "test_other"))
+    result = pytester.runpytest_subprocess()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: greenstalk_server = 'beanstalk' in the pytest configuration: "
+            "the server must be one of greenstalkd, beanstalkd"
+        ]
+    )
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+def test_the_option_overrides_a_bad_ini_value(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ngreenstalk_server = beanstalk\n")
+    pytester.makepyfile(CHILD_TEST)
+    result = pytester.runpytest_subprocess("--greenstalk-server=greenstalkd", "-s")
+    result.assert_outcomes(passed=1)
+
+
+def test_server_process_repr(greenstalk_server: ServerProcess) -> None:
+    address = greenstalk_server.address
+    assert isinstance(address, tuple)
+    host, port = address
+    assert repr(greenstalk_server) == f"<ServerProcess greenstalkd at {host}:{port}, in-process>"
+    with run_server("beanstalkd", unix=True) as beanstalkd:
+        assert beanstalkd.process is not None
+        assert repr(beanstalkd) == (
+            f"<ServerProcess beanstalkd at unix:{beanstalkd.address}, "
+            f"pid {beanstalkd.process.pid}>"
+        )

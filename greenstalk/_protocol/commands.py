@@ -16,6 +16,7 @@ from typing import Callable, TypeVar, Union
 from .responses import Reply, expect_data, expect_int, expect_job, expect_nothing, expect_word
 from .stats import (
     JOB_TEXT_FIELDS,
+    SERVER_FLAG_FIELDS,
     SERVER_TEXT_FIELDS,
     TUBE_TEXT_FIELDS,
     StatValue,
@@ -158,7 +159,7 @@ def _paused(reply: Reply) -> None:
 
 
 def _server_stats(reply: Reply) -> dict[str, StatValue]:
-    return parse_stats(expect_data(reply), SERVER_TEXT_FIELDS)
+    return parse_stats(expect_data(reply), SERVER_TEXT_FIELDS, SERVER_FLAG_FIELDS)
 
 
 def _tube_stats(reply: Reply) -> dict[str, StatValue]:

@@ -68,6 +68,8 @@ def ok(data: bytes) -> bytes:
 
 
 def _stat(key: str, value: StatValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, float):  # CPU times, printed as seconds.microseconds
         seconds, microseconds = divmod(round(value * 1_000_000), 1_000_000)
         return f"{seconds}.{microseconds:06d}"
@@ -80,8 +82,9 @@ def stats_yaml(shape: Any, values: Mapping[str, StatValue]) -> bytes:
     """The YAML of a stats reply: ``values`` in the wire order of ``shape``.
 
     ``shape`` is one of the TypedDicts :class:`Stats`, :class:`StatsTube`
-    and :class:`StatsJob`, whose keys are in beanstalkd's order. Raises
-    KeyError when ``values`` lacks one of them.
+    and :class:`StatsJob`, whose keys are in beanstalkd's order; a ``bool``
+    value (``draining``) is written ``true`` or ``false``. Raises KeyError
+    when ``values`` lacks one of the keys.
     """
     lines = ["---\n"]
     lines += [f"{key}: {_stat(key, values[key])}\n" for key in shape.__annotations__]

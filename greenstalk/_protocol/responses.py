@@ -15,11 +15,20 @@ from __future__ import annotations
 from collections import deque
 from typing import Optional
 
-from .errors import ProtocolError, error_for
+from .errors import (
+    REPLY_WORDS,
+    ClientConnectionError,
+    ProtocolError,
+    error_for,
+    excerpt,
+)
 
 # The longest line beanstalkd sends is "USING <200-byte tube name>"; a line
 # this long without CRLF means the peer is not a beanstalkd server.
 MAX_REPLY_LINE = 1024
+# beanstalkd's largest max-job-size (-z), and so the most data a reply
+# carries: a larger size is garbage, refused before anything is buffered.
+MAX_DATA_SIZE = 1 << 30
 
 _CRLF = b"\r\n"
 # Status -> how many values (the data size last) a reply with data has.
@@ -104,12 +113,12 @@ class ReplyReader:
                 if end < 0:
                     # A final CR may be the first half of the line's CRLF.
                     if len(data) - pos - data.endswith(b"\r") > MAX_REPLY_LINE:
-                        raise ProtocolError(f"reply line longer than {MAX_REPLY_LINE} bytes")
+                        raise _long_line_error(data[pos:])
                     self._data = data
                     self._pos = pos
                     return replies
                 if end - pos > MAX_REPLY_LINE:
-                    raise ProtocolError(f"reply line longer than {MAX_REPLY_LINE} bytes")
+                    raise _long_line_error(data[pos:end])
                 values = data[pos:end].split(b" ")
                 status = values[0]
                 del values[0]
@@ -138,6 +147,21 @@ class ReplyReader:
             if not replies:
                 raise
             return replies
+
+    def closed_error(self) -> ClientConnectionError:
+        """The error to raise now that the server has closed the connection.
+
+        It says whether a reply was cut short, and when the bytes left over
+        start no beanstalkd reply, quotes them as the peer's.
+        """
+        if self.idle:
+            return ClientConnectionError("the server closed the connection")
+        if self._header is None and not _may_start_a_reply(self._data[self._pos :]):
+            return ProtocolError(
+                f"the server sent {excerpt(self._data[self._pos :])} and closed the "
+                "connection: is this a beanstalkd server?"
+            )
+        return ClientConnectionError("the server closed the connection in the middle of a reply")
 
     def feed(self, data: bytes) -> None:
         """Add bytes from the server, for :meth:`next_reply` to take."""
@@ -176,22 +200,43 @@ def _data_size(status: bytes, values: list[bytes], value_count: int) -> int:
         if not value.isdigit() or len(value) > _MAX_SIZE_DIGITS:
             raise ProtocolError(f"malformed {status.decode()} reply: {values!r}")
     size = int(values[-1])
-    if size > 2**32 - 1:
-        raise ProtocolError(f"malformed {status.decode()} reply: {values!r}")
+    if size > MAX_DATA_SIZE:
+        raise ProtocolError(
+            f"{status.decode()} reply announces {size} bytes of data, more than a beanstalkd "
+            f"server ever sends ({MAX_DATA_SIZE})"
+        )
     return size
+
+
+def _may_start_a_reply(line: bytes) -> bool:
+    """Whether an unfinished line may be the start of a beanstalkd reply."""
+    word, space, _ = line.partition(b" ")
+    if space:
+        return word in REPLY_WORDS
+    if word.endswith(b"\r"):
+        word = word[:-1]
+    return any(known.startswith(word) for known in REPLY_WORDS)
+
+
+def _long_line_error(line: bytes) -> ProtocolError:
+    """The error for a line too long to be a reply: from another protocol, most likely."""
+    message = f"reply line longer than {MAX_REPLY_LINE} bytes"
+    if line.split(b" ", 1)[0] not in REPLY_WORDS:
+        message += f" ({excerpt(line)}): is this a beanstalkd server?"
+    return ProtocolError(message)
 
 
 def expect_nothing(reply: Reply, status: bytes) -> None:
     """Check that ``reply`` is exactly ``status`` with no values."""
     if reply[0] != status or reply[1]:
-        raise error_for(reply[0], reply[1])
+        raise error_for(reply[0], reply[1], status)
 
 
 def expect_int(reply: Reply, status: bytes) -> int:
     """Return the single integer of a ``status <n>`` reply."""
     reply_status, values, _ = reply
     if reply_status != status:
-        raise error_for(reply_status, values)
+        raise error_for(reply_status, values, status)
     if len(values) != 1 or not values[0].isdigit():
         raise ProtocolError(f"malformed {status.decode()} reply: {values!r}")
     return int(values[0])
@@ -201,7 +246,7 @@ def expect_word(reply: Reply, status: bytes) -> str:
     """Return the single word of a ``status <word>`` reply, such as ``USING <tube>``."""
     reply_status, values, _ = reply
     if reply_status != status or len(values) != 1:
-        raise error_for(reply_status, values)
+        raise error_for(reply_status, values, status)
     try:
         return values[0].decode("ascii")
     except UnicodeDecodeError:
@@ -212,7 +257,7 @@ def expect_job(reply: Reply, status: bytes) -> tuple[int, bytes]:
     """Return the id and body of a ``RESERVED`` or ``FOUND`` reply."""
     reply_status, values, data = reply
     if reply_status != status or data is None:
-        raise error_for(reply_status, values)
+        raise error_for(reply_status, values, status)
     return int(values[0]), data
 
 

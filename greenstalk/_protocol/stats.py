@@ -4,9 +4,9 @@ beanstalkd writes flat ``key: value`` maps and ``- item`` lists. It does not
 quote tube names, the host name or the kernel version in 1.12 (1.13 does),
 so a real YAML parser can read a tube named ``123`` as a number or an ``os``
 starting with ``#`` as a comment. This parser reads the lines as they are:
-numbers become ``int`` (``float`` for the CPU times), every field that names
-something stays ``str`` whatever it looks like, and surrounding quotes are
-removed.
+numbers become ``int`` (``float`` for the CPU times), ``draining`` becomes a
+``bool``, every field that names something stays ``str`` whatever it looks
+like, and surrounding quotes are removed.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TypedDict, Union
 
 from .errors import ProtocolError
 
-StatValue = Union[int, float, str]
+StatValue = Union[bool, int, float, str]
 
 Stats = TypedDict(
     "Stats",
@@ -66,7 +66,7 @@ Stats = TypedDict(
         "binlog-records-migrated": int,
         "binlog-records-written": int,
         "binlog-max-size": int,
-        "draining": str,
+        "draining": bool,
         "id": str,
         "hostname": str,
         "os": str,
@@ -117,7 +117,8 @@ StatsJob = TypedDict(
 )
 StatsJob.__doc__ = "The statistics of one job returned by ``stats_job()``."
 
-SERVER_TEXT_FIELDS = frozenset({"version", "draining", "id", "hostname", "os", "platform"})
+SERVER_TEXT_FIELDS = frozenset({"version", "id", "hostname", "os", "platform"})
+SERVER_FLAG_FIELDS = frozenset({"draining"})
 TUBE_TEXT_FIELDS = frozenset({"name"})
 JOB_TEXT_FIELDS = frozenset({"tube", "state"})
 
@@ -146,12 +147,18 @@ def _number(value: str) -> StatValue:
     return value
 
 
-def parse_stats(data: bytes, text_fields: frozenset[str]) -> dict[str, StatValue]:
+_FLAGS = {"true": True, "false": False}
+
+
+def parse_stats(
+    data: bytes, text_fields: frozenset[str], flag_fields: frozenset[str] = frozenset()
+) -> dict[str, StatValue]:
     """Parse a ``stats``, ``stats-tube`` or ``stats-job`` YAML map.
 
-    Fields named in ``text_fields`` and quoted values stay ``str``; other
-    values become ``int`` or ``float`` when they are numbers.
-    Raises :class:`ProtocolError` on a line that is not ``key: value``.
+    Fields named in ``text_fields`` and quoted values stay ``str``; fields
+    named in ``flag_fields`` become ``bool``; other values become ``int`` or
+    ``float`` when they are numbers. Raises :class:`ProtocolError` on a line
+    that is not ``key: value``, or a flag that is neither ``true`` nor ``false``.
     """
     stats: dict[str, StatValue] = {}
     for line in _text(data):
@@ -159,7 +166,13 @@ def parse_stats(data: bytes, text_fields: frozenset[str]) -> dict[str, StatValue
         if not sep or not key or (raw and raw[0] != " "):
             raise ProtocolError(f"malformed YAML line: {line!r}")
         value, quoted = _unquote(raw.strip())
-        stats[key] = value if quoted or key in text_fields else _number(value)
+        if key in flag_fields:
+            flag = _FLAGS.get(value)
+            if flag is None:
+                raise ProtocolError(f"malformed YAML line: {line!r} (true or false expected)")
+            stats[key] = flag
+        else:
+            stats[key] = value if quoted or key in text_fields else _number(value)
     return stats
 
 

@@ -41,7 +41,6 @@ from ._common import (
     plural,
     progress_bar,
     run_coroutine,
-    server_statistics,
     show,
     stdout_console,
     table,
@@ -387,7 +386,7 @@ def stats(settings: Settings, tube: str | None, job_id: int | None) -> None:
             with not_found(f"job {job_id} not found"):
                 values = client.stats_job(job_id)
         else:
-            values = server_statistics(client.stats())
+            values = client.stats()
     if settings.json:
         emit_json(dict(values))
     else:

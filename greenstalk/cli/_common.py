@@ -10,7 +10,7 @@ import math
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import click
@@ -416,17 +416,6 @@ def describe_refusal(error: BeanstalkdError) -> str:
 def plural(count: int, noun: str) -> str:
     """``1 job``, ``2 jobs``."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
-def is_draining(stats: Mapping[str, object]) -> bool:
-    """The server's ``draining`` statistic as a bool, whether the client gives a bool or text."""
-    value = stats["draining"]
-    return value is True or value == "true"
-
-
-def server_statistics(stats: Mapping[str, object]) -> dict[str, object]:
-    """The server's statistics with beanstalkd's names, ``draining`` a bool."""
-    return {**stats, "draining": is_draining(stats)}
 
 
 def emit_json(data: object) -> None:

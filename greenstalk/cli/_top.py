@@ -25,7 +25,6 @@ from ._common import (
     common_options,
     connection_reason,
     emit_json,
-    is_draining,
     plural,
     show,
     stdout_console,
@@ -94,7 +93,7 @@ def make_frame(address: str, previous: Snapshot | None, current: Snapshot) -> Fr
         "server": {
             "version": server["version"],
             "uptime": server["uptime"],
-            "draining": is_draining(server),
+            "draining": server["draining"],
             "connections": server["current-connections"],
             "producers": server["current-producers"],
             "workers": server["current-workers"],
