@@ -22,7 +22,17 @@ Cases:
   ``reserve-with-timeout 0``; jobs/s from a prefilled tube.
 - ``8 connections``: eight connections, each doing put, reserve, delete
   one round trip at a time (a selector keeps all eight busy); jobs/s.
+- ``durable put, 1 connection`` and ``durable put, 8 connections``: with
+  ``-b DIR -f 0`` (every reply waits for an fsync), one put in flight per
+  connection; puts/s. The log directory is on the disk holding the system
+  temporary directory, the same for both servers; the median time of an
+  fdatasync there is printed beside (it swings when others write).
 - ``memory``: the server's resident size after one million 100-byte puts.
+- ``restart``: one million 100-byte jobs in a log, the server killed with
+  SIGKILL and started again: the time until it answers, its resident size
+  once it does, and its peak (VmHWM) on the way.
+
+``--only throughput,durable,memory,restart`` picks sections.
 """
 
 from __future__ import annotations
@@ -32,12 +42,16 @@ import contextlib
 import multiprocessing
 import os
 import selectors
+import signal
 import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from greenstalk._protocol import commands
@@ -188,12 +202,66 @@ def measure_connections(address: tuple[str, int], count: int, connections: int =
     return per_connection * connections / elapsed
 
 
-def resident_kib(pid: int) -> int:
+def measure_durable(address: tuple[str, int], count: int, connections: int = 1) -> float:
+    """``connections`` sockets putting one job at a time each; puts/s over all of them."""
+    per_connection = count // connections
+    peers = {}
+    left = {}
+    with selectors.DefaultSelector() as selector:
+        for _ in range(connections):
+            peer = Peer(address)
+            peers[peer.sock.fileno()] = peer
+            left[peer.sock.fileno()] = per_connection
+            selector.register(peer.sock, selectors.EVENT_READ)
+        started = time.perf_counter()
+        for peer in peers.values():
+            peer.sock.sendall(PUT[0])
+        remaining = connections
+        while remaining:
+            for key, _ in selector.select():
+                peer = peers[key.fd]
+                peer.read()
+                while peer.replies:
+                    PUT[1](peer.replies.popleft())
+                    left[key.fd] -= 1
+                    if left[key.fd]:
+                        peer.sock.sendall(PUT[0])
+                    else:
+                        selector.unregister(peer.sock)
+                        remaining -= 1
+        elapsed = time.perf_counter() - started
+    for peer in peers.values():
+        peer.close()
+    return per_connection * connections / elapsed
+
+
+def measure_durable_8(address: tuple[str, int], count: int) -> float:
+    return measure_durable(address, count, 8)
+
+
+def fdatasync_time(directory: str, count: int = 200) -> float:
+    """The median time in seconds of a 150-byte write and fdatasync in ``directory``."""
+    fd, path = tempfile.mkstemp(dir=directory)
+    try:
+        os.posix_fallocate(fd, 0, 1 << 20)
+        times = []
+        for index in range(count):
+            started = time.perf_counter()
+            os.pwrite(fd, b"x" * 150, index * 150)
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+def resident_kib(pid: int, field: str = "VmRSS") -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field}")
 
 
 def measure_memory(address: tuple[str, int], pid: int, count: int) -> tuple[int, int]:
@@ -218,47 +286,48 @@ def _in_client_process(function: Callable[..., object], *args: object) -> object
 
 
 @contextlib.contextmanager
-def pinned_server(kind: str) -> Iterator[ServerProcess]:
-    with run_server(kind, in_process=False) as server:
+def pinned_server(kind: str, args: Sequence[str] = ()) -> Iterator[ServerProcess]:
+    with run_server(kind, args=args, in_process=False) as server:
         assert server.process is not None
         os.sched_setaffinity(server.process.pid, {SERVER_CPU})
         yield server
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="few jobs: a smoke run")
-    parser.add_argument("--skip-memory", action="store_true")
-    args = parser.parse_args()
-    scale = 20 if args.quick else 1
-    cases: dict[str, tuple[Callable[[tuple[str, int], int], float], int]] = {
-        "pipelined put": (measure_put, 200_000 // scale),
-        "reserve+delete": (measure_reserve_delete, 20_000 // scale),
-        "8 connections": (measure_connections, 16_000 // scale),
-    }
-    if len(os.sched_getaffinity(0)) < 2:
-        raise SystemExit("needs two CPUs")
+Case = tuple[Callable[[tuple[str, int], int], float], int]
+
+
+def run_cases(cases: dict[str, Case], rounds: int, durable: bool) -> None:
+    """Interleaved rounds of every case on a fresh server each; prints the medians."""
     results: dict[tuple[str, str], list[float]] = {}
-    for round_number in range(args.rounds):
+    syncs: list[float] = []
+    for round_number in range(rounds):
         for case, (function, count) in cases.items():
             for kind in SERVERS:
-                with pinned_server(kind) as server:
+                with contextlib.ExitStack() as stack:
+                    args: list[str] = []
+                    if durable:
+                        directory = stack.enter_context(tempfile.TemporaryDirectory())
+                        args = ["-b", directory, "-f", "0"]
+                        syncs.append(fdatasync_time(directory))
+                    server = stack.enter_context(pinned_server(kind, args))
                     assert isinstance(server.address, tuple)
                     rate = _in_client_process(function, server.address, count)
                     assert isinstance(rate, float)
                 results.setdefault((case, kind), []).append(rate)
-        print(f"round {round_number + 1}/{args.rounds} done", flush=True)
+        print(f"round {round_number + 1}/{rounds} done", flush=True)
     print()
-    print(f"{'case':<16}{'beanstalkd':>14}{'greenstalkd':>14}{'ratio':>8}")
+    print(f"{'case':<28}{'beanstalkd':>14}{'greenstalkd':>14}{'ratio':>8}")
     for case in cases:
         theirs = statistics.median(results[(case, "beanstalkd")])
         ours = statistics.median(results[(case, "greenstalkd")])
-        print(f"{case:<16}{theirs:>12.0f}/s{ours:>12.0f}/s{ours / theirs:>7.2f}x")
-    if args.skip_memory:
-        return
-    count = 1_000_000 // scale
+        print(f"{case:<28}{theirs:>12.0f}/s{ours:>12.0f}/s{ours / theirs:>7.2f}x")
+    if syncs:
+        print(f"fdatasync of 150 bytes on that disk: median {statistics.median(syncs) * 1e6:.0f} µs"
+              f" (runs: {min(syncs) * 1e6:.0f}-{max(syncs) * 1e6:.0f} µs)")
     print()
+
+
+def memory(count: int) -> None:
     print(f"memory after {count} puts of {len(BODY)} bytes (resident set):")
     sizes = {}
     for kind in SERVERS:
@@ -270,8 +339,97 @@ def main() -> None:
             before, after = result
             sizes[kind] = after
             print(f"  {kind:<12} {before / 1024:8.1f} MiB at start, {after / 1024:8.1f} MiB after")
-    ratio = sizes["greenstalkd"] / sizes["beanstalkd"]
-    print(f"  ratio {ratio:.2f}x")
+    print(f"  ratio {sizes['greenstalkd'] / sizes['beanstalkd']:.2f}x")
+    print()
+
+
+def restart(count: int) -> None:
+    """Fill a log, kill the server, start it again: time to answer and memory."""
+    print(f"restart with {count} jobs of {len(BODY)} bytes in the log:")
+    for kind in SERVERS:
+        with tempfile.TemporaryDirectory() as directory:
+            with pinned_server(kind, ["-b", directory]) as server:
+                assert isinstance(server.address, tuple)
+                assert server.process is not None
+                _in_client_process(measure_memory, server.address, server.process.pid, count)
+                server.process.send_signal(signal.SIGKILL)
+                server.process.wait()
+            if kind == "beanstalkd":
+                command = ["beanstalkd"]
+            else:
+                command = [sys.executable, "-m", "greenstalk.server"]
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            started = time.perf_counter()
+            process = subprocess.Popen(
+                [*command, "-l", "127.0.0.1", "-p", str(port), "-b", directory]
+            )
+            try:
+                os.sched_setaffinity(process.pid, {SERVER_CPU})
+                answered = _answer_time(("127.0.0.1", port), count, started)
+                steady = resident_kib(process.pid)
+                peak = resident_kib(process.pid, "VmHWM")
+            finally:
+                process.kill()
+                process.wait()
+            print(f"  {kind:<12} answers after {answered:5.2f} s; {steady / 1024:7.1f} MiB then,"
+                  f" peak {peak / 1024:7.1f} MiB ({peak / steady:.2f}x)")
+    print()
+
+
+def _answer_time(address: tuple[str, int], count: int, started: float) -> float:
+    """Seconds from ``started`` until the server at ``address`` reports ``count`` ready jobs.
+
+    Polls every 10 ms: this is what is being measured.
+    """
+    while True:
+        try:
+            peer = Peer(address)
+        except OSError:
+            time.sleep(0.01)
+            continue
+        try:
+            (stats,) = peer.ask(commands.stats())
+        finally:
+            peer.close()
+        elapsed = time.perf_counter() - started
+        if stats["current-jobs-ready"] != count:
+            raise RuntimeError(f"{stats['current-jobs-ready']} jobs back, not {count}")
+        return elapsed
+
+
+SECTIONS = ("throughput", "durable", "memory", "restart")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="few jobs: a smoke run")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections: {', '.join(SECTIONS)}")
+    args = parser.parse_args()
+    sections = set(args.only.split(","))
+    if not sections <= set(SECTIONS):
+        parser.error(f"unknown section in {args.only!r}")
+    scale = 20 if args.quick else 1
+    if len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("needs two CPUs")
+    if "throughput" in sections:
+        run_cases({
+            "pipelined put": (measure_put, 200_000 // scale),
+            "reserve+delete": (measure_reserve_delete, 20_000 // scale),
+            "8 connections": (measure_connections, 16_000 // scale),
+        }, args.rounds, durable=False)
+    if "durable" in sections:
+        run_cases({
+            "durable put, 1 connection": (measure_durable, 4_000 // scale),
+            "durable put, 8 connections": (measure_durable_8, 16_000 // scale),
+        }, args.rounds, durable=True)
+    if "memory" in sections:
+        memory(1_000_000 // scale)
+    if "restart" in sections:
+        restart(1_000_000 // scale)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import io
 import os
+import pwd
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -42,6 +46,18 @@ def test_flags(argv: list[str], expected: Options) -> None:
 def test_help_and_version_flags() -> None:
     assert parse_args(["-h"]) == "help"
     assert parse_args(["-Vv"]) == "version"
+    assert parse_args(["--help"]) == "help"
+    assert parse_args(["-p", "1", "--version"]) == "version"
+    with pytest.raises(UsageError, match="--verbose"):
+        parse_args(["--verbose"])
+
+
+def test_the_help_says_what_v_and_big_v_mean(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    usage = capsys.readouterr().out
+    assert "-v, --version" in usage
+    assert "-V       increase verbosity" in usage
+    assert "-h, --help" in usage
 
 
 def test_a_too_large_job_size_is_clamped_with_a_warning() -> None:
@@ -87,7 +103,19 @@ def test_main_cannot_listen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit) as caught:
         main(["-l", f"unix:{not_a_socket}"])
     assert caught.value.code == cli.EXIT_FAILURE
-    assert "cannot listen" in capsys.readouterr().err
+    assert f"cannot listen on unix:{not_a_socket}: " in capsys.readouterr().err
+
+
+def test_an_address_in_use_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as caught:
+            main(["-l", "127.0.0.1", "-p", str(port)])
+    assert caught.value.code == cli.EXIT_FAILURE
+    error = capsys.readouterr().err
+    assert error == f"greenstalkd: cannot listen on 127.0.0.1:{port}: Address already in use\n"
 
 
 def test_main_unknown_user(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -138,7 +166,7 @@ def test_main_serves_until_sigterm(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         with greenstalk.Client(str(path), socket_timeout=10) as client:
             seen["id"] = client.put(b"hello")
             os.kill(os.getpid(), signal.SIGUSR1)
-            while client.stats()["draining"] != "true":
+            while not client.stats()["draining"]:
                 time.sleep(0.01)
             try:
                 client.put(b"refused")
@@ -164,6 +192,74 @@ def test_main_serves_until_sigterm(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         thread.join()
     assert code == 0
     assert seen == {"id": 1, "draining": True}
+    # The socket file is ours: it goes with the server.
+    assert not path.exists()
+
+
+def test_the_listening_address_is_written_as_people_write_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        assert cli.socket_address(sock) == f"127.0.0.1:{sock.getsockname()[1]}"
+    with socket.socket(socket.AF_INET6) as sock:
+        sock.bind(("::1", 0))
+        assert cli.socket_address(sock) == f"[::1]:{sock.getsockname()[1]}"
+
+
+def test_a_clean_stop_removes_the_socket_file(tmp_path: Path) -> None:
+    path = tmp_path / "socket"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "greenstalk.server", "-V", "-l", f"unix:{path}"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        assert process.stderr.readline() == f"greenstalkd: listening on unix:{path}\n"
+        assert path.exists()
+    finally:
+        ServerProcess(str(path), process, "greenstalkd").stop()
+    assert process.returncode == 0
+    assert not path.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="becoming another user needs root (CI runs as root)")
+def test_u_imports_everything_before_it_drops_privileges(tmp_path: Path) -> None:
+    """Issue 9: -u crashed when the new user could not read the interpreter's library.
+
+    The package is copied where only root can read it; the server becomes
+    nobody, then must still serve puts into its log.
+    """
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    shutil.copytree(Path(greenstalk.__file__).parent, private / "greenstalk")
+    # Where nobody may write: pytest's own directories are root's alone.
+    shared = Path(tempfile.mkdtemp(prefix="greenstalkd-nobody-"))
+    shared.chmod(0o777)
+    socket_path = shared / "socket"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "greenstalk.server", "-V", "-u", "nobody",
+         "-b", str(shared / "log"), "-l", f"unix:{socket_path}"],
+        cwd=private,
+        env={**os.environ, "PYTHONPATH": str(private)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        assert process.stderr.readline().startswith("greenstalkd: listening on unix:")
+        with greenstalk.Client(str(socket_path), socket_timeout=10) as client:
+            job_id = client.put(b"as nobody")
+            assert client.reserve(timeout=0).id == job_id
+            assert client.stats()["pid"] == process.pid
+        assert {p.stat().st_uid for p in (shared / "log").glob("binlog.*")} == {
+            pwd.getpwnam("nobody").pw_uid
+        }
+    finally:
+        ServerProcess(str(socket_path), process, "greenstalkd").stop()
+        shutil.rmtree(shared)
+    assert process.returncode == 0, process.stderr.read() if process.stderr else ""
 
 
 def test_python_dash_m_runs_the_server() -> None:

@@ -1,76 +1,128 @@
-"""A crash-safe, append-only job log: greenstalkd's ``-b DIR``.
+"""greenstalkd's job log (``-b DIR``): crash-safe, damage-tolerant, never full unnoticed.
 
-The server records every job change here, flushes once per batch of
-commands (before it replies) and replays the log at start-up. The format
-is our own, not beanstalkd's. A directory holds ``lock`` (flock'ed while a
-server uses it) and ``binlog.<seq>`` files, seq = 1, 2, ... Each file is
-``b"GSBINLOG"``, a uint32 format version (1), then records. All integers
-are little-endian. A record is a 16-byte header and a payload::
+The server records every job change here and writes the records before it
+replies; it replays the log at start-up. The format is our own, not
+beanstalkd's. A directory holds ``lock`` (flock'ed while a server uses it)
+and ``binlog.<seq>`` files, seq = 1, 2, ...
 
-    3s marker b"\xf5gs" | B type | I length | I length ^ 0xFFFFFFFF | I crc32(payload, type)
+**Blocks and fragments** (the layout of LevelDB's log): a file is a run of
+32 KiB blocks. A record is cut into fragments that never cross a block
+boundary, each behind a 7-byte header::
 
-    1 full    Q id, I priority, I delay s, I ttr s, q created_at ns, q deadline_at ns,
-              B state, Q reserves, Q timeouts, Q releases, Q buries, Q kicks,
-              H tube length, the tube, then the body (the rest: no size limit)
-    2 update  Q id, B state, I priority, I delay s, q deadline_at ns,
-              Q reserves, Q timeouts, Q releases, Q buries, Q kicks
-    3 delete  Q id
-    4 pause   q unpause_at ns, I pause s, then the tube
-    5 id mark Q the highest job id ever logged; starts every file, so ids
-              never go back when the files that held them are deleted
+    I crc32 of the type byte and the data | H data length
+    | B type (1 whole, 2 first, 3 middle, 4 last)
+
+Seven bytes or fewer left at the end of a block are zeros. A reader that
+meets damage drops the rest of that block and goes on at the next one:
+a fragment header only ever starts where the writer put one, so bytes
+inside a job body are never taken for a record, whatever they hold. Files
+are allocated ahead of the writer (the allocation fails, not a later
+write, when the disk is full); a zero header marks where writing stopped.
+
+**Records** (all integers little-endian; the first byte is the kind)::
+
+    F file head  8s b"GSBINLOG", I format version (2), Q seq
+    J job        Q id, I priority, I ttr s, q created_at ns, q deadline_at ns, B state,
+                 24s delay and counters (Job.packed), H tube length, the tube, the body
+    U update     Q id, B state, I priority, q deadline_at ns, 24s delay and counters
+    D delete     Q id
+    P pause      q unpause_at ns, I pause s, the tube
+    M id mark    Q the highest job id ever logged (starts every file: ids never go back)
+    G gone       Q the oldest file still needed: older ones were deleted on purpose,
+                 so a newer one that is missing is reported as lost
+
+**Room.** Every record is counted against room the files already have: a
+put reserves its own record and its future delete (so a delete never
+fails), an update reserves its record. When the disk is full, the
+reservation fails and the server refuses the command (``OUT_OF_MEMORY``,
+as beanstalkd does) before anything changes; it works again as soon as
+space comes back.
+
+**Positions.** :attr:`Binlog.position` counts every byte appended since
+the log was opened, :attr:`Binlog.written` those written to a file and
+:attr:`Binlog.synced` those an fsync covers. A reply may go out once the
+records before it are written (and, with ``-f 0``, synced): the server
+compares positions.
 """
 
 from __future__ import annotations
 
+import array
+import contextlib
+import errno
 import fcntl
+import io
 import os
 import re
 import struct
+import threading
 import time
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Callable
 
-from .job import Job, JobState
+from .job import PACKED_BYTES, UINT32, Job, JobState
 
 __all__ = [
     "Binlog",
     "BinlogError",
     "BinlogLockedError",
-    "RecoveredJob",
     "RecoveredPause",
     "Recovery",
 ]
 
-_MAGIC = b"GSBINLOG"
-_VERSION = 1
-_FILE_HEAD = struct.Struct("<8sI")
-_FILE_START = _FILE_HEAD.pack(_MAGIC, _VERSION)
-# 0xF5 never occurs in UTF-8, so text bodies cannot contain the marker.
-_MARK = b"\xf5gs"
-_HEAD = struct.Struct("<3sBIII")
-_MASK = 0xFFFFFFFF
+BLOCK = 32768
+_HEADER = struct.Struct("<IHB")
+HEADER_SIZE = _HEADER.size
+_WHOLE, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+_SEEDS = {kind: zlib.crc32(bytes((kind,))) for kind in (_WHOLE, _FIRST, _MIDDLE, _LAST)}
+_WHOLE_SEED = _SEEDS[_WHOLE]
 
-_FULL_T = 1
-_UPDATE_T = 2
-_DELETE_T = 3
-_PAUSE_T = 4
-_IDS_T = 5
+MAGIC = b"GSBINLOG"
+VERSION = 2
 
-# The fixed parts of the payloads, field by field as in the module docstring.
-_FULL = struct.Struct("<QIIIqqBQQQQQH")
-_UPDATE = struct.Struct("<QBIIqQQQQQ")
-_ID = struct.Struct("<Q")
-_PAUSE = struct.Struct("<qI")
+_HEAD = struct.Struct("<c8sIQ")
+_JOB = struct.Struct(f"<cQIIqqB{PACKED_BYTES}sH")
+_UPDATE = struct.Struct(f"<cQBIq{PACKED_BYTES}s")
+_ID = struct.Struct("<cQ")
+_PAUSE = struct.Struct("<cqI")
 
-_FULL_OVERHEAD = _HEAD.size + _FULL.size
-_STATES = {int(state): state for state in JobState}
+# Record kinds, as the payload's first byte.
+K_HEAD, K_JOB, K_UPDATE, K_DELETE, K_PAUSE, K_IDS, K_GONE = b"FJUDPMG"
+_HEAD_KIND, _JOB_KIND, _UPDATE_KIND, _DELETE_KIND, _PAUSE_KIND, _IDS_KIND, _GONE_KIND = (
+    bytes((kind,)) for kind in b"FJUDPMG"
+)
+
+# JobState by value, None where no state has that value.
+_STATE_BY_VALUE: tuple[JobState | None, ...] = (None, *JobState)
 _NAME = re.compile(r"binlog\.([1-9][0-9]*)")
+_ZERO_HEADER = bytes(HEADER_SIZE)
+# beanstalkd's binlog files start with its format version, 7, as a native int.
+_BEANSTALKD_START = struct.pack("=i", 7)
 
 # Compaction moves at least this many bytes of live jobs per flush, and at
 # least as many as the flush writes anyway, so it outpaces new garbage.
 _MIGRATE_BYTES = 64 * 1024
+# Files grow by this much at a time (or by what a record needs).
+_ALLOCATION = 1 << 20
+_READ_SIZE = 32 * BLOCK
+
+
+def record_room(payload_size: int) -> int:
+    """The most bytes a record with ``payload_size`` bytes can take in a file.
+
+    Padding before it (at most a header's size), and a header for each
+    block it touches.
+    """
+    fragments = payload_size // (BLOCK - HEADER_SIZE) + 2
+    return payload_size + HEADER_SIZE + HEADER_SIZE * fragments
+
+
+_DELETE_ROOM = record_room(_ID.size)
+# An update, or a pause of a tube with the longest name.
+_CHANGE_ROOM = record_room(max(_UPDATE.size, _PAUSE.size + 200))
+# The head, marks and a few pauses a new file starts with.
+_START_ROOM = 4096
 
 
 class BinlogError(Exception):
@@ -79,26 +131,6 @@ class BinlogError(Exception):
 
 class BinlogLockedError(BinlogError):
     """Another binlog (in this or another process) holds the directory's lock."""
-
-
-@dataclass
-class RecoveredJob:
-    """A live job's last logged state. ``tube`` is the tube's name."""
-
-    id: int
-    tube: bytes
-    priority: int
-    delay: int
-    ttr: int
-    body: bytes
-    created_at: int
-    deadline_at: int
-    state: JobState
-    reserves: int
-    timeouts: int
-    releases: int
-    buries: int
-    kicks: int
 
 
 @dataclass
@@ -112,32 +144,34 @@ class RecoveredPause:
 
 @dataclass
 class Recovery:
-    """What :meth:`Binlog.open` read back."""
+    """What :meth:`Binlog.open` read back.
 
-    jobs: list[RecoveredJob]
+    ``jobs`` maps ids to the live jobs, each with its last logged state (a
+    job reserved at the crash is ready), ``file`` set, and the *name* of
+    its tube in ``tube``. The log keeps this dict as its job table: the
+    server must make it its own (see ``ServerState.recover``).
+    """
+
+    jobs: dict[int, Job]
     pauses: list[RecoveredPause]
     max_id: int
     warnings: list[str]
 
 
-# A live job as the bookkeeping holds it: the server's Job, or a recovered
-# job the server has not put again (it is kept, never silently dropped).
-_Entry = Union[Job, RecoveredJob]
-
-
-def _record_size(tube: bytes, body: bytes) -> int:
-    return _FULL_OVERHEAD + len(tube) + len(body)
+def _job_room(job: Job, tube: bytes) -> int:
+    return record_room(_JOB.size + len(tube) + len(job.body))
 
 
 class Binlog:
     """The job log in one directory; see the module docstring for the format.
 
-    ``put``/``update``/``delete``/``pause`` only buffer a record; ``flush``
-    writes the buffer, fsyncs as ``fsync_ms`` says, rotates, compacts and
-    deletes files no longer needed. ``fsync_ms`` is 0 for an fsync in
-    every flush that wrote, None for none at all, or N for at most one
-    every N ms (:meth:`sync_due_at` tells when a deferred one is due).
-    ``clock`` gives nanoseconds.
+    ``put``/``update``/``delete``/``pause`` only buffer a record (after
+    ``reserve_put``/``reserve_update`` said there is room for it); ``flush``
+    writes the buffer, rotates, compacts and deletes files no longer
+    needed. Syncing is the server's to schedule: ``fsync_ms`` is 0 for an
+    fsync before every reply that follows a record, None for none at
+    all, or N for at most one every N ms (:meth:`sync_due_at`). ``clock``
+    gives nanoseconds.
     """
 
     def __init__(
@@ -156,56 +190,76 @@ class Binlog:
         self.directory = os.path.abspath(directory)
         #: The size at which a file is closed and the next one started.
         self.file_size = file_size
+        #: Whether every reply waits for an fsync of the records before it.
+        self.sync_every_reply = fsync_ms == 0
         self._sync_interval = None if fsync_ms is None else fsync_ms * 1_000_000
         self._clock = clock
         #: Records appended since this object was made (migrated ones included).
         self.records_written = 0
         #: Jobs rewritten into the current file to let an old file go.
         self.records_migrated = 0
+        #: Bytes written to files since open, and bytes an fsync covers.
+        self.written = 0
+        self.synced = 0
         self._lock_fd = -1
+        self._syncer: _Syncer | None = None
         self._reset()
 
     def _reset(self) -> None:
         self._fd = -1
         self._seq = 0
         self._offset = 0
-        # Where the current file's own records start (after header and carried-over marks).
+        # The end of the current file's allocated space.
+        self._end = 0
+        # Where the current file's own records start (after head, marks and pauses).
         self._start = 0
         self._buf = bytearray()
-        self._unsynced = False
         self._next_sync_at = 0
-        # Live jobs by file (every existing file, oldest first) and id.
-        self._live: dict[int, dict[int, _Entry]] = {}
-        self._current: dict[int, _Entry] = {}
+        self._jobs: dict[int, Job] = {}
+        # For every file, oldest first: how many live jobs it holds, and the
+        # ids of the jobs it has full records of (some since gone).
+        self._counts: dict[int, int] = {}
+        self._ids: dict[int, array.array[int]] = {}
+        # Compaction's place in the oldest file's ids.
+        self._cursor = 0
         # Sizes of the files before the current one.
         self._sizes: dict[int, int] = {}
         self._old_bytes = 0
         self._live_bytes = 0
-        # Recovered jobs not put again yet: id -> file holding them.
-        self._orphans: dict[int, int] = {}
         self._pauses: dict[bytes, tuple[int, int]] = {}
         self._max_id = 0
+        # Files below this one are gone on purpose (see the G record).
+        self._gone = 1
 
-    # Stats
+    # Stats and positions
 
     @property
     def oldest_index(self) -> int:
         """Sequence number of the oldest file kept (0 when not open)."""
-        return next(iter(self._live), 0)
+        return next(iter(self._counts), 0)
 
     @property
     def current_index(self) -> int:
         """Sequence number of the file being written (0 when not open)."""
         return self._seq
 
+    @property
+    def position(self) -> int:
+        """Bytes appended since open: a reply after a record waits until they are written."""
+        return self.written + len(self._buf)
+
     # Opening and closing
 
     def open(self) -> Recovery:
         """Lock the directory (creating it if needed), replay it and start a new file.
 
+        The replay reads the files a block at a time; nothing already
+        written is rewritten. Damage is skipped with a warning naming the
+        file, offset and size of every gap; a missing file is reported.
         Raises BinlogLockedError if another binlog holds the lock, and
-        BinlogError if the directory or a file cannot be used, if a file
-        is not a greenstalkd binlog, or if this binlog is already open.
+        BinlogError if the directory or a file cannot be used, if a file is
+        not a greenstalkd binlog or has another format version, or if this
+        binlog is already open.
         """
         if self._lock_fd >= 0:
             raise BinlogError("binlog is already open")
@@ -219,23 +273,23 @@ class Binlog:
             seqs = self._list_files()
             recovery = self._replay(seqs)
             seq = seqs[-1] + 1 if seqs else 1
-            self._start_file(self._create(seq), seq)
+            # Old files without live jobs can go once the new file says so.
+            needed = next((old for old in seqs if self._counts[old]), seq)
+            self._gone = max(self._gone, needed)
+            fd = self._create(seq)
+            self._start_file(fd, seq, self._allocate_new(fd))
+            self._collect()
         except BaseException:
             self._release()
             raise
+        if self._end - self._offset < len(self._jobs) * _DELETE_ROOM:
+            recovery.warnings.append(
+                "the disk is full: puts are refused until there is space for the log"
+            )
         return recovery
 
-    def finish_recovery(self) -> None:
-        """Make the re-logged recovered state durable, then delete the files it supersedes.
-
-        Call it once the server has put every recovered job (and pause)
-        again. A recovered job that was not put again keeps its file.
-        Raises BinlogError on an I/O error or if the binlog is not open.
-        """
-        self._settle()
-
     def close(self) -> None:
-        """Flush and fsync (unless ``fsync_ms`` is None), then release the lock.
+        """Flush and fsync (unless ``fsync_ms`` is None), trim the file, release the lock.
 
         Doing nothing when not open. The lock is released even if the last
         write fails; that failure is raised as BinlogError.
@@ -243,15 +297,14 @@ class Binlog:
         if self._lock_fd < 0:
             return
         try:
-            self._settle()
+            # Twice: deleting old files takes a record (G) written first.
+            for _ in range(2):
+                self.flush()
+                if self.written > self.synced:
+                    self.sync()
+            self._trim()
         finally:
             self._release()
-
-    def _settle(self) -> None:
-        self.flush()
-        if self._unsynced:
-            self._fsync()
-        self._collect()
 
     def _lock(self) -> None:
         path = os.path.join(self.directory, "lock")
@@ -271,6 +324,9 @@ class Binlog:
         self._lock_fd = fd
 
     def _release(self) -> None:
+        if self._syncer is not None:
+            self._syncer.stop()
+            self._syncer = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -291,127 +347,175 @@ class Binlog:
     # Replay
 
     def _replay(self, seqs: list[int]) -> Recovery:
-        replay = _Replay()
-        warnings: list[str] = []
+        replay = _Replay(self._jobs, self._counts, self._ids)
         for seq in seqs:
-            path = self._path(seq)
-            try:
-                with open(path, "rb") as file:
-                    data = file.read()
-            except OSError as exc:
-                raise BinlogError(f"cannot read {path}: {exc.strerror}") from exc
-            self._live[seq] = {}
-            self._sizes[seq] = len(data)
-            self._old_bytes += len(data)
-            name = f"binlog.{seq}"
-            if not _check_file_head(path, name, data, warnings):
-                continue
-            for offset, rtype, start, stop in _records(name, data, warnings):
-                if not replay.apply(seq, rtype, data, start, stop):
-                    warnings.append(
-                        f"{name}: offset {offset}: malformed record of type {rtype}, skipped"
+            self._counts[seq] = 0
+            self._ids[seq] = array.array("Q")
+            size = replay.read_file(seq, self._path(seq))
+            self._sizes[seq] = size
+            self._old_bytes += size
+        present = set(seqs)
+        if seqs:
+            for seq in range(replay.gone, seqs[-1]):
+                if seq not in present:
+                    replay.warnings.append(
+                        f"binlog.{seq} is missing: the jobs only it recorded are lost"
                     )
-        jobs = [replay.jobs[job_id] for job_id in sorted(replay.jobs)]
-        for job in jobs:
-            seq = replay.where[job.id]
-            self._live[seq][job.id] = job
-            self._orphans[job.id] = seq
-            self._live_bytes += _record_size(job.tube, job.body)
+        self._live_bytes = replay.live_bytes
         self._max_id = replay.max_id
+        self._gone = replay.gone
         now = self._clock()
-        pauses = [replay.pauses[tube] for tube in sorted(replay.pauses)]
-        pauses = [pause for pause in pauses if pause.unpause_at > now]
-        return Recovery(jobs, pauses, replay.max_id, warnings)
+        self._pauses = {
+            tube: pause for tube, pause in sorted(replay.pauses.items()) if pause[1] > now
+        }
+        pauses = [RecoveredPause(tube, p, at) for tube, (p, at) in self._pauses.items()]
+        return Recovery(self._jobs, pauses, replay.max_id, replay.warnings)
+
+    # Room
+
+    def _room(self) -> int:
+        """Allocated bytes not yet used nor promised to the deletes of live jobs."""
+        return self._end - self._offset - len(self._buf) - len(self._jobs) * _DELETE_ROOM
+
+    def _make_room(self, needed: int) -> bool:
+        """Whether ``needed`` more bytes fit, allocating more of the file if they do not."""
+        short = needed - self._room()
+        if short <= 0:
+            return True
+        return self._allocate(max(short, _ALLOCATION)) or self._allocate(short)
+
+    def _allocate(self, size: int) -> bool:
+        """Extend the current file's allocation by ``size`` bytes; False when the disk is full."""
+        try:
+            _allocate(self._fd, self._end, size)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise BinlogError(f"cannot allocate {self._path(self._seq)}: {exc}") from exc
+            # Give back whatever part of it was allocated.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._end)
+            return False
+        self._end += size
+        return True
+
+    def reserve_put(self, tube_length: int, body_length: int) -> bool:
+        """Whether the log has room for a put's record and its later delete.
+
+        Call it before the put changes anything; False means refuse the put.
+        Raises BinlogError when the file cannot be extended for another
+        reason than a full disk.
+        """
+        return self._make_room(record_room(_JOB.size + tube_length + body_length) + _DELETE_ROOM)
+
+    def reserve_update(self) -> bool:
+        """Whether the log has room for an update or pause record (see :meth:`reserve_put`)."""
+        return self._make_room(_CHANGE_ROOM)
 
     # Recording (the server's hot path: pack and append, nothing else)
 
-    def _append(self, rtype: int, payload: bytes) -> None:
+    def _append(self, payload: bytes) -> None:
+        """Append one record, cut into fragments at block boundaries."""
+        buf = self._buf
+        left = BLOCK - (self._offset + len(buf)) % BLOCK
         size = len(payload)
-        self._buf += _HEAD.pack(_MARK, rtype, size, size ^ _MASK, zlib.crc32(payload, rtype))
-        self._buf += payload
+        if size + HEADER_SIZE <= left:
+            buf += _HEADER.pack(zlib.crc32(payload, _WHOLE_SEED), size, _WHOLE)
+            buf += payload
+        else:
+            self._append_fragments(payload, left)
         self.records_written += 1
 
-    def _append_full(self, job: _Entry, tube: bytes) -> int:
-        body = job.body
-        fixed = _FULL.pack(
-            job.id,
-            job.priority,
-            job.delay,
-            job.ttr,
-            job.created_at,
-            job.deadline_at,
-            job.state,
-            job.reserves,
-            job.timeouts,
-            job.releases,
-            job.buries,
-            job.kicks,
-            len(tube),
-        )
-        size = _FULL.size + len(tube) + len(body)
-        crc = zlib.crc32(body, zlib.crc32(tube, zlib.crc32(fixed, _FULL_T)))
+    def _append_fragments(self, payload: bytes, left: int) -> None:
         buf = self._buf
-        buf += _HEAD.pack(_MARK, _FULL_T, size, size ^ _MASK, crc)
-        buf += fixed
-        buf += tube
-        buf += body
-        self.records_written += 1
-        return _HEAD.size + size
+        size = len(payload)
+        with memoryview(payload) as view:
+            start = 0
+            while True:
+                if left <= HEADER_SIZE:
+                    # No room for a byte of data: pad the block, go on in the next.
+                    buf += bytes(left)
+                    left = BLOCK
+                stop = min(size, start + left - HEADER_SIZE)
+                if start == 0:
+                    kind = _WHOLE if stop == size else _FIRST
+                else:
+                    kind = _LAST if stop == size else _MIDDLE
+                data = view[start:stop]
+                buf += _HEADER.pack(zlib.crc32(data, _SEEDS[kind]), stop - start, kind)
+                buf += data
+                left -= HEADER_SIZE + stop - start
+                start = stop
+                if start == size:
+                    return
+
+    def _job_record(self, job: Job, tube: bytes) -> bytes:
+        return (
+            _JOB.pack(
+                _JOB_KIND,
+                job.id,
+                job.priority,
+                job.ttr,
+                job.created_at,
+                job.deadline_at,
+                job.state,
+                job.packed.to_bytes(PACKED_BYTES, "little"),
+                len(tube),
+            )
+            + tube
+            + job.body
+        )
 
     def put(self, job: Job) -> None:
-        """Record the job's whole current state; ``job.file`` becomes the current file."""
-        size = self._append_full(job, job.tube.name)
+        """Record a new job's whole state; ``job.file`` becomes the current file.
+
+        ``job`` must be in the job table already (the server's ``jobs``).
+        """
+        tube = job.tube.name
+        self._append(self._job_record(job, tube))
         job_id = job.id
         if job_id > self._max_id:
             self._max_id = job_id
-        old = self._live.get(job.file)
-        if old is None or old.pop(job_id, None) is None:
-            seq = self._orphans.pop(job_id, None) if self._orphans else None
-            if seq is None:
-                self._live_bytes += size
-            else:
-                del self._live[seq][job_id]
-        job.file = self._seq
-        self._current[job_id] = job
+        job.file = seq = self._seq
+        self._counts[seq] += 1
+        self._ids[seq].append(job_id)
+        self._live_bytes += _job_room(job, tube)
 
     def update(self, job: Job) -> None:
         """Record the job's state, priority, delay, deadline and counters."""
         self._append(
-            _UPDATE_T,
             _UPDATE.pack(
+                _UPDATE_KIND,
                 job.id,
                 job.state,
                 job.priority,
-                job.delay,
                 job.deadline_at,
-                job.reserves,
-                job.timeouts,
-                job.releases,
-                job.buries,
-                job.kicks,
-            ),
+                job.packed.to_bytes(PACKED_BYTES, "little"),
+            )
         )
 
     def delete(self, job: Job) -> None:
-        """Record that the job is gone."""
-        self._append(_DELETE_T, _ID.pack(job.id))
-        live = self._live.get(job.file)
-        if live is not None and live.pop(job.id, None) is not None:
-            self._live_bytes -= _record_size(job.tube.name, job.body)
+        """Record that the job is gone (it has left the job table already)."""
+        self._append(_ID.pack(_DELETE_KIND, job.id))
+        counts = self._counts
+        if job.file in counts:
+            counts[job.file] -= 1
+            self._live_bytes -= _job_room(job, job.tube.name)
 
     def pause(self, tube: bytes, pause: int, unpause_at: int) -> None:
         """Record that ``tube`` is paused for ``pause`` seconds, until ``unpause_at`` (ns)."""
-        self._append(_PAUSE_T, _PAUSE.pack(unpause_at, pause) + tube)
+        self._append(_PAUSE.pack(_PAUSE_KIND, unpause_at, pause) + tube)
         self._pauses[tube] = (pause, unpause_at)
 
     # Writing
 
     def flush(self) -> None:
-        """Write the buffered records, then fsync, rotate, compact and delete old files as due.
+        """Write the buffered records, then rotate, compact and delete old files as due.
 
-        Once it returns, the records survive a crash of this process. On an
-        I/O error the unwritten records stay buffered for the next flush.
-        Raises BinlogError on an I/O error or if the binlog is not open.
+        Once it returns, the records survive a crash of this process (not
+        of the machine: see :meth:`sync`). On an I/O error the unwritten
+        records stay buffered for the next flush, and :attr:`written` does
+        not move. Raises BinlogError on an I/O error or if the binlog is
+        not open.
         """
         if self._fd < 0:
             raise BinlogError("binlog is not open")
@@ -424,26 +528,62 @@ class Binlog:
             self._write_buffer()
         if self._offset >= self.file_size and self._offset > self._start:
             self._rotate()
-        if self._unsynced and (
-            self._sync_interval == 0 or self._clock() >= self._next_sync_at
-        ):
-            self._fsync()
         self._collect()
 
     def sync_due_at(self) -> int | None:
         """When (clock ns) a deferred fsync is due, or None if none is pending."""
-        return self._next_sync_at if self._unsynced and self._sync_interval else None
+        if self._sync_interval and self.written > self.synced:
+            return self._next_sync_at
+        return None
 
     def sync(self) -> None:
-        """Fsync the current file now if written data is not synced yet.
+        """Fsync what is written, here and now (waiting for a background one first).
 
         Raises BinlogError on an I/O error or if the binlog is not open.
         """
         if self._fd < 0:
             raise BinlogError("binlog is not open")
-        if self._unsynced:
-            self._fsync()
-            self._collect()
+        if self._syncer is not None:
+            self._syncer.wait()
+            self.finish_background_sync()
+        if self.written > self.synced:
+            target = self.written
+            _fsync(self._fd, self._path(self._seq))
+            self._synced_to(target)
+
+    def start_background_sync(self, done: Callable[[], None]) -> bool:
+        """Fsync what is written on a thread of its own; ``done`` is called from it after.
+
+        Returns False when there is nothing to sync or a background fsync
+        is already running. Call :meth:`finish_background_sync` once
+        ``done`` was called.
+        """
+        if self.written <= self.synced:
+            return False
+        if self._syncer is None:
+            self._syncer = _Syncer()
+        return self._syncer.start(self._fd, self.written, done)
+
+    def finish_background_sync(self) -> None:
+        """Take the result of a background fsync that has ended.
+
+        Raises BinlogError if it failed.
+        """
+        syncer = self._syncer
+        if syncer is None:
+            return
+        outcome = syncer.take()
+        if isinstance(outcome, OSError):
+            raise BinlogError(f"cannot fsync {self._path(self._seq)}: {outcome.strerror}")
+        if outcome is not None:
+            self._synced_to(outcome)
+
+    def _synced_to(self, target: int) -> None:
+        if target > self.synced:
+            self.synced = target
+        if self._sync_interval:
+            self._next_sync_at = self._clock() + self._sync_interval
+        self._collect()
 
     def _write_buffer(self) -> None:
         data = self._buf
@@ -452,23 +592,95 @@ class Binlog:
         with memoryview(data) as view:
             while done < len(data):
                 try:
-                    written = os.write(self._fd, view[done:])
+                    written = os.pwrite(self._fd, view[done:], self._offset)
                 except OSError as exc:
                     self._buf = data[done:]
                     path = self._path(self._seq)
                     raise BinlogError(f"cannot write {path}: {exc.strerror}") from exc
                 done += written
                 self._offset += written
-                self._unsynced = self._sync_interval is not None
+                self.written += written
+        if self._sync_interval is None:
+            self.synced = self.written
+        if self._offset > self._end:
+            self._end = self._offset
 
-    def _fsync(self) -> None:
+    def _create(self, seq: int) -> int:
+        path = self._path(seq)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
-            os.fsync(self._fd)
+            return os.open(path, flags, 0o600)
         except OSError as exc:
-            raise BinlogError(f"cannot fsync {self._path(self._seq)}: {exc.strerror}") from exc
-        self._unsynced = False
-        if self._sync_interval:
-            self._next_sync_at = self._clock() + self._sync_interval
+            raise BinlogError(f"cannot create {path}: {exc.strerror}") from exc
+
+    def _allocate_new(self, fd: int) -> int:
+        """Allocate a new file: room for every live job's delete and then some, if the disk has it.
+
+        Returns the size allocated: perhaps 0 when the disk is full.
+        """
+        promised = len(self._jobs) * _DELETE_ROOM + _START_ROOM
+        for size in (promised + min(self.file_size, _ALLOCATION), promised):
+            try:
+                _allocate(fd, 0, size)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise BinlogError(f"cannot allocate a binlog file: {exc}") from exc
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
+            else:
+                return size
+        return 0
+
+    def _start_file(self, fd: int, seq: int, allocated: int) -> None:
+        """Make the new file ``fd`` current and write its head, marks and pauses."""
+        self._fd = fd
+        self._seq = seq
+        self._offset = 0
+        self._end = allocated
+        self._counts[seq] = 0
+        self._ids[seq] = array.array("Q")
+        self._append(_HEAD.pack(_HEAD_KIND, MAGIC, VERSION, seq))
+        if self._max_id:
+            self._append(_ID.pack(_IDS_KIND, self._max_id))
+        self._append(_ID.pack(_GONE_KIND, self._gone))
+        # Carry the running pauses over, so deleting old files never loses one.
+        now = self._clock()
+        self._pauses = {tube: p for tube, p in self._pauses.items() if p[1] > now}
+        for tube, (pause, unpause_at) in self._pauses.items():
+            self._append(_PAUSE.pack(_PAUSE_KIND, unpause_at, pause) + tube)
+        self._start = len(self._buf)
+        self._write_buffer()
+        # A new file is made durable at once, its name included.
+        if self._sync_interval is not None:
+            _fsync(fd, self._path(seq))
+            self._sync_directory()
+            self.synced = self.written
+
+    def _rotate(self) -> None:
+        seq = self._seq + 1
+        fd = self._create(seq)
+        allocated = self._allocate_new(fd)
+        if allocated == 0:
+            # The disk is full: the current file grows on into the room it has.
+            os.close(fd)
+            os.unlink(self._path(seq))
+            return
+        # The old file is complete: make it durable, then give back what it did not use.
+        self.sync()
+        self._trim()
+        os.close(self._fd)
+        self._sizes[self._seq] = self._offset
+        self._old_bytes += self._offset
+        self._start_file(fd, seq, allocated)
+
+    def _trim(self) -> None:
+        """Give back the current file's allocated space past what was written."""
+        if self._end > self._offset:
+            try:
+                os.ftruncate(self._fd, self._offset)
+            except OSError as exc:
+                raise BinlogError(f"cannot truncate {self._path(self._seq)}: {exc}") from exc
+            self._end = self._offset
 
     def _sync_directory(self) -> None:
         # Makes file creations and deletions durable.
@@ -481,77 +693,61 @@ class Binlog:
         except OSError as exc:
             raise BinlogError(f"cannot fsync {self.directory}: {exc.strerror}") from exc
 
-    def _create(self, seq: int) -> int:
-        path = self._path(seq)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
-        try:
-            return os.open(path, flags, 0o600)
-        except OSError as exc:
-            raise BinlogError(f"cannot create {path}: {exc.strerror}") from exc
-
-    def _start_file(self, fd: int, seq: int) -> None:
-        """Make the new file ``fd`` current and write its header, id mark and pauses."""
-        self._fd = fd
-        self._seq = seq
-        self._offset = 0
-        self._current = self._live[seq] = {}
-        self._buf += _FILE_START
-        if self._max_id:
-            self._append(_IDS_T, _ID.pack(self._max_id))
-        # Carry the running pauses over, so deleting old files never loses one.
-        now = self._clock()
-        self._pauses = {tube: p for tube, p in self._pauses.items() if p[1] > now}
-        for tube, (pause, unpause_at) in self._pauses.items():
-            self._append(_PAUSE_T, _PAUSE.pack(unpause_at, pause) + tube)
-        self._start = len(self._buf)
-        self._write_buffer()
-        # A new file is made durable at once, its name included.
-        if self._sync_interval is not None:
-            self._fsync()
-            self._sync_directory()
-
-    def _rotate(self) -> None:
-        # The deferred fsync would only reach the new file.
-        if self._unsynced:
-            self._fsync()
-        # If the new file cannot be made, the current one simply grows on.
-        fd = self._create(self._seq + 1)
-        os.close(self._fd)
-        self._sizes[self._seq] = self._offset
-        self._old_bytes += self._offset
-        self._start_file(fd, self._seq + 1)
-
     def _compact(self) -> None:
-        """Rewrite live jobs of the oldest file into the current one, so it can go."""
-        live = self._live[next(iter(self._sizes))]
+        """Rewrite live jobs of the oldest file into the current one, so it can go.
+
+        Only as far as the current file has room: on a full disk the old
+        files simply stay.
+        """
+        seq = next(iter(self._sizes))
+        ids = self._ids[seq]
+        jobs = self._jobs
+        current = self._seq
         budget = max(_MIGRATE_BYTES, len(self._buf))
-        seq = self._seq
         moved = 0
-        while live and moved < budget:
-            job_id, entry = live.popitem()
-            if isinstance(entry, RecoveredJob):
-                moved += self._append_full(entry, entry.tube)
-                self._orphans[job_id] = seq
-            else:
-                moved += self._append_full(entry, entry.tube.name)
-                entry.file = seq
-            self._current[job_id] = entry
-            self.records_migrated += 1
+        cursor = self._cursor
+        while cursor < len(ids) and moved < budget:
+            job = jobs.get(ids[cursor])
+            if job is not None and job.file == seq:
+                tube = job.tube.name
+                room = _job_room(job, tube)
+                if not self._make_room(room):
+                    break
+                self._append(self._job_record(job, tube))
+                job.file = current
+                self._counts[seq] -= 1
+                self._counts[current] += 1
+                self._ids[current].append(job.id)
+                self.records_migrated += 1
+                moved += room
+            cursor += 1
+        self._cursor = cursor
 
     def _collect(self) -> None:
         """Delete the oldest files while they hold no live job.
 
         Only from the oldest end: deleting a newer file first could drop
         the delete record of a job whose full record is in an older one.
-        And only once every record written so far is durable, since those
-        records (moved jobs, id marks, pauses) replace the old files.
+        The G record naming the new oldest file is made durable first, so a
+        replay can tell a file deleted here from one lost.
         """
-        if self._buf or self._unsynced:
+        if self._buf or (self._sync_interval is not None and self.written > self.synced):
+            return
+        oldest = None
+        for seq in self._sizes:
+            if self._counts[seq]:
+                break
+            oldest = seq + 1
+        if oldest is None:
+            return
+        if self._gone < oldest:
+            self._gone = oldest
+            self._append(_ID.pack(_GONE_KIND, oldest))
             return
         removed = False
         while self._sizes:
             seq = next(iter(self._sizes))
-            if self._live[seq]:
+            if seq >= self._gone:
                 break
             try:
                 os.unlink(self._path(seq))
@@ -560,172 +756,496 @@ class Binlog:
             except OSError as exc:
                 raise BinlogError(f"cannot delete {self._path(seq)}: {exc.strerror}") from exc
             self._old_bytes -= self._sizes.pop(seq)
-            del self._live[seq]
+            del self._counts[seq]
+            del self._ids[seq]
+            self._cursor = 0
             removed = True
         if removed and self._sync_interval is not None:
             self._sync_directory()
 
 
-class _Replay:
-    """The state rebuilt from records: last record wins."""
+def _fsync(fd: int, path: str) -> None:
+    try:
+        os.fdatasync(fd)
+    except OSError as exc:
+        raise BinlogError(f"cannot fsync {path}: {exc.strerror}") from exc
+
+
+def _allocate(fd: int, offset: int, size: int) -> None:
+    """Reserve disk space for ``size`` bytes at ``offset``: fallocate, or zeros without it."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is not None:
+        try:
+            fallocate(fd, offset, size)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+    zeros = bytes(min(size, _ALLOCATION))
+    done = 0
+    while done < size:
+        done += os.pwrite(fd, zeros[: size - done], offset + done)
+
+
+class _Syncer:
+    """One thread that runs fsyncs for the event loop, one at a time."""
 
     def __init__(self) -> None:
-        self.jobs: dict[int, RecoveredJob] = {}
-        # The file holding each live job's full record.
-        self.where: dict[int, int] = {}
-        self.pauses: dict[bytes, RecoveredPause] = {}
-        self.max_id = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._job: tuple[int, int, Callable[[], None]] | None = None
+        self._running = False
+        self._outcome: int | OSError | None = None
+        self._stopping = False
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread = threading.Thread(target=self._run, name="greenstalkd-fsync", daemon=True)
+        self._thread.start()
 
-    def apply(self, seq: int, rtype: int, data: bytes, start: int, stop: int) -> bool:
-        """Apply one record whose CRC matched; False if its payload does not fit its type."""
-        length = stop - start
-        if rtype == _FULL_T:
-            if length < _FULL.size:
+    def start(self, fd: int, target: int, done: Callable[[], None]) -> bool:
+        with self._lock:
+            if self._running or self._outcome is not None:
                 return False
-            (
-                job_id, priority, delay, ttr, created_at, deadline_at, state_value,
-                reserves, timeouts, releases, buries, kicks, tube_length,
-            ) = _FULL.unpack_from(data, start)
-            tube_end = start + _FULL.size + tube_length
-            state = _STATES.get(state_value)
-            if tube_end > stop or state is None:
+            self._running = True
+            self._idle.clear()
+            self._job = (fd, target, done)
+            self._wake.notify()
+        return True
+
+    def wait(self) -> None:
+        """Block until no fsync is running."""
+        self._idle.wait()
+
+    def take(self) -> int | OSError | None:
+        """The position the last fsync covers (or its error), once; None if none ended."""
+        with self._lock:
+            outcome, self._outcome = self._outcome, None
+        return outcome
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while self._job is None and not self._stopping:
+                    self._wake.wait()
+                if self._job is None:
+                    return
+                fd, target, done = self._job
+                self._job = None
+            outcome: int | OSError
+            try:
+                os.fdatasync(fd)
+                outcome = target
+            except OSError as exc:
+                outcome = exc
+            with self._lock:
+                self._outcome = outcome
+                self._running = False
+            self._idle.set()
+            done()
+
+
+class _Replay:
+    """Reads the files a block at a time into the job table: the last record wins."""
+
+    def __init__(
+        self, jobs: dict[int, Job], counts: dict[int, int], ids: dict[int, array.array[int]]
+    ) -> None:
+        self.jobs = jobs
+        self.counts = counts
+        self.ids = ids
+        self.pauses: dict[bytes, tuple[int, int]] = {}
+        self.max_id = 0
+        self.gone = 1
+        self.live_bytes = 0
+        self.warnings: list[str] = []
+        # One object for each tube name, priority, TTR and creation time that
+        # many jobs share: after a restart they would otherwise cost one each.
+        self._names: dict[bytes, bytes] = {}
+        self._numbers: dict[int, int] = {}
+
+    def read_file(self, seq: int, path: str) -> int:
+        """Apply every record of one file; returns the file's size.
+
+        Raises BinlogError if the file cannot be read, is not a greenstalkd
+        binlog, or has another format version.
+        """
+        name = f"binlog.{seq}"
+        try:
+            file = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below)
+        except OSError as exc:
+            raise BinlogError(f"cannot read {path}: {exc.strerror}") from exc
+        scan = _Scan(name)
+        with file:
+            try:
+                self._scan(seq, path, file, scan)
+            except OSError as exc:
+                raise BinlogError(f"cannot read {path}: {exc.strerror}") from exc
+        if scan.records or not scan.size:
+            self.warnings += scan.warnings
+        elif scan.size < HEADER_SIZE + _HEAD.size:
+            # A crash while the file was being started.
+            self.warnings.append(f"{name}: incomplete file head ({scan.size} bytes), file ignored")
+        elif scan.all_zero:
+            self.warnings.append(f"{name}: nothing but zeros ({scan.size} bytes), skipped")
+        elif scan.start.startswith(_BEANSTALKD_START):
+            raise BinlogError(
+                f"{path} looks like a beanstalkd binlog; greenstalkd has a format of its own"
+            )
+        else:
+            raise BinlogError(f"{path} is not a greenstalkd binlog file")
+        return scan.size
+
+    def _scan(self, seq: int, path: str, file: io.RawIOBase, scan: _Scan) -> None:
+        """Read ``file``: job records inline (most of any log), the rest through :meth:`_apply`.
+
+        Fragments are checked here; anything unusual (damage, zeros, records
+        in pieces) goes to ``scan``. This loop is what a restart costs, a
+        few microseconds a job: it avoids every call and object it can
+        (the tube name, priority, TTR and creation time are shared with the
+        job before when equal).
+        """
+        chunk = bytearray(_READ_SIZE)
+        view = memoryview(chunk)
+        readinto = file.readinto
+        unpack_header = _HEADER.unpack_from
+        unpack_job = _JOB.unpack_from
+        crc32 = zlib.crc32
+        whole_seed = _WHOLE_SEED
+        job_size = _JOB.size
+        largest = BLOCK - HEADER_SIZE
+        no_counters = bytes(PACKED_BYTES)
+        states = _STATE_BY_VALUE
+        ready = JobState.READY
+        reserved = JobState.RESERVED
+        new_job = Job.__new__
+        jobs = self.jobs
+        counts = self.counts
+        ids = self.ids[seq]
+        tube = b""
+        priority = ttr = created = -1
+        count = 0
+        live = 0
+        max_id = self.max_id
+        base = 0
+        records = 0
+        while True:
+            length = readinto(chunk)
+            if not length:
+                break
+            scan.took(chunk, length)
+            for block in range(0, length, BLOCK):
+                end = min(block + BLOCK, length)
+                pos = block
+                # A fragment carries at least one byte: a header's worth or less is padding.
+                while end - pos > HEADER_SIZE:
+                    crc, size, kind = unpack_header(chunk, pos)
+                    data = pos + HEADER_SIZE
+                    stop = data + size
+                    if (
+                        kind != _WHOLE
+                        or stop > end
+                        or scan.dirty
+                        or crc32(view[data:stop], whole_seed) != crc
+                    ):
+                        whole = scan.fragment(view, base, pos, end, crc, size, kind)
+                        if whole is None:
+                            if scan.block_done:
+                                break
+                            pos = stop
+                            continue
+                        records += 1
+                        self.max_id = max_id
+                        self._apply_whole(seq, path, scan, base + pos, whole)
+                        max_id = self.max_id
+                        pos = stop
+                        continue
+                    records += 1
+                    if chunk[data] != K_JOB or size < job_size:
+                        self.max_id = max_id
+                        self._apply_whole(seq, path, scan, base + pos, bytes(view[data:stop]))
+                        max_id = self.max_id
+                        pos = stop
+                        continue
+                    (_, job_id, job_priority, job_ttr, created_at, deadline_at, state_value,
+                     packed, tube_length) = unpack_job(chunk, data)
+                    tube_start = data + job_size
+                    tube_end = tube_start + tube_length
+                    state = states[state_value] if state_value < 5 else None
+                    if tube_end > stop or state is None or not tube_length:
+                        scan.malformed(base + pos, K_JOB)
+                        pos = stop
+                        continue
+                    if tube_length != len(tube) or not chunk.startswith(tube, tube_start):
+                        tube = self._names.setdefault(
+                            view[tube_start:tube_end].tobytes(), view[tube_start:tube_end].tobytes()
+                        )
+                    if job_priority != priority:
+                        priority = job_priority
+                    if job_ttr != ttr:
+                        ttr = job_ttr
+                    if created_at != created:
+                        created = created_at
+                    job = new_job(Job)
+                    job.id = job_id
+                    job.tube = tube
+                    job.priority = priority
+                    job.ttr = ttr
+                    job.body = view[tube_end:stop].tobytes()
+                    job.created_at = created
+                    job.packed = 0 if packed == no_counters else int.from_bytes(packed, "little")
+                    if state is reserved:
+                        job.state = ready
+                        job.deadline_at = 0
+                    else:
+                        job.state = state
+                        job.deadline_at = deadline_at
+                    job.file = seq
+                    old = jobs.get(job_id)
+                    if old is not None:
+                        counts[old.file] -= 1
+                        live -= record_room(job_size + len(old.tube) + len(old.body))
+                    jobs[job_id] = job
+                    count += 1
+                    ids.append(job_id)
+                    live += size + 21 if size < largest else record_room(size)
+                    if job_id > max_id:
+                        max_id = job_id
+                    pos = stop
+                if pos < end and end - pos <= HEADER_SIZE and chunk.count(0, pos, end) != end - pos:
+                    # A fragment header cut short: only the end of a file can hold one.
+                    scan.damage(base + pos)
+            base += length
+        counts[seq] += count
+        self.live_bytes += live
+        self.max_id = max_id
+        scan.records = records
+        scan.finish()
+
+    def _apply_whole(self, seq: int, path: str, scan: _Scan, offset: int, payload: bytes) -> None:
+        kind = payload[0]
+        if kind == K_HEAD:
+            _check_head(path, payload)
+        elif not self._apply(seq, kind, payload):
+            scan.malformed(offset, kind)
+
+    def _apply(self, seq: int, kind: int, payload: bytes) -> bool:
+        """Apply one record whose CRCs matched; False if it does not fit its kind."""
+        length = len(payload)
+        jobs = self.jobs
+        if kind == K_JOB:
+            if length < _JOB.size:
                 return False
-            self.max_id = max(self.max_id, job_id)
+            (_, job_id, priority, ttr, created_at, deadline_at, state_value, packed_bytes,
+             tube_length) = _JOB.unpack_from(payload)
+            tube_end = _JOB.size + tube_length
+            state = _STATE_BY_VALUE[state_value] if state_value < 5 else None
+            if tube_end > length or state is None or not tube_length:
+                return False
+            tube = payload[_JOB.size : tube_end]
+            packed = int.from_bytes(packed_bytes, "little")
+            tube = self._names.setdefault(tube, tube)
+            job = Job(job_id, tube, priority, packed & UINT32, ttr, payload[tube_end:], created_at)
+            job.packed = packed
             if state is JobState.RESERVED:
                 state, deadline_at = JobState.READY, 0
-            self.jobs[job_id] = RecoveredJob(
-                job_id,
-                data[start + _FULL.size : tube_end],
-                priority,
-                delay,
-                ttr,
-                data[tube_end:stop],
-                created_at,
-                deadline_at,
-                state,
-                reserves,
-                timeouts,
-                releases,
-                buries,
-                kicks,
-            )
-            self.where[job_id] = seq
-        elif rtype == _UPDATE_T:
+            job.state = state
+            job.deadline_at = deadline_at
+            job.file = seq
+            old = jobs.get(job_id)
+            if old is not None:
+                self.counts[old.file] -= 1
+                self.live_bytes -= _job_room(old, old.tube)
+            jobs[job_id] = job
+            self.counts[seq] += 1
+            self.ids[seq].append(job_id)
+            self.live_bytes += _job_room(job, tube)
+            if job_id > self.max_id:
+                self.max_id = job_id
+        elif kind == K_UPDATE:
             if length != _UPDATE.size:
                 return False
-            (
-                job_id, state_value, priority, delay, deadline_at,
-                reserves, timeouts, releases, buries, kicks,
-            ) = _UPDATE.unpack_from(data, start)
-            state = _STATES.get(state_value)
+            _, job_id, state_value, priority, deadline_at, packed_bytes = _UPDATE.unpack(payload)
+            state = _STATE_BY_VALUE[state_value] if state_value < 5 else None
             if state is None:
                 return False
-            self.max_id = max(self.max_id, job_id)
-            job = self.jobs.get(job_id)
-            if job is not None:
+            if job_id > self.max_id:
+                self.max_id = job_id
+            changed = jobs.get(job_id)
+            if changed is not None:
                 if state is JobState.RESERVED:
                     state, deadline_at = JobState.READY, 0
-                job.state = state
-                job.priority = priority
-                job.delay = delay
-                job.deadline_at = deadline_at
-                job.reserves = reserves
-                job.timeouts = timeouts
-                job.releases = releases
-                job.buries = buries
-                job.kicks = kicks
-        elif rtype == _DELETE_T:
+                changed.state = state
+                changed.priority = priority
+                changed.deadline_at = deadline_at
+                changed.packed = int.from_bytes(packed_bytes, "little")
+        elif kind == K_DELETE:
             if length != _ID.size:
                 return False
-            (job_id,) = _ID.unpack_from(data, start)
-            self.max_id = max(self.max_id, job_id)
-            self.jobs.pop(job_id, None)
-            self.where.pop(job_id, None)
-        elif rtype == _PAUSE_T:
+            job_id = _ID.unpack(payload)[1]
+            if job_id > self.max_id:
+                self.max_id = job_id
+            gone = jobs.pop(job_id, None)
+            if gone is not None:
+                self.counts[gone.file] -= 1
+                self.live_bytes -= _job_room(gone, gone.tube)
+        elif kind == K_PAUSE:
             if length < _PAUSE.size:
                 return False
-            unpause_at, pause = _PAUSE.unpack_from(data, start)
-            tube = data[start + _PAUSE.size : stop]
-            self.pauses[tube] = RecoveredPause(tube, pause, unpause_at)
-        elif rtype == _IDS_T:
+            _, unpause_at, pause = _PAUSE.unpack_from(payload)
+            self.pauses[payload[_PAUSE.size :]] = (pause, unpause_at)
+        elif kind == K_IDS:
             if length != _ID.size:
                 return False
-            self.max_id = max(self.max_id, _ID.unpack_from(data, start)[0])
+            self.max_id = max(self.max_id, _ID.unpack(payload)[1])
+        elif kind == K_GONE:
+            if length != _ID.size:
+                return False
+            self.gone = max(self.gone, _ID.unpack(payload)[1])
         else:
             return False
         return True
 
 
-def _check_file_head(path: str, name: str, data: bytes, warnings: list[str]) -> bool:
-    """Whether records follow the file header.
+def _check_head(path: str, payload: bytes) -> None:
+    if len(payload) != _HEAD.size:
+        raise BinlogError(f"{path} is not a greenstalkd binlog file")
+    _, magic, version, _ = _HEAD.unpack(payload)
+    if magic != MAGIC:
+        raise BinlogError(f"{path} is not a greenstalkd binlog file")
+    if version != VERSION:
+        raise BinlogError(f"{path} has binlog format version {version}, not {VERSION}")
 
-    A file cut short inside its header, or all zeros, was being created
-    during a crash: it has no records, and a warning says so. Raises
-    BinlogError for a file that is not a greenstalkd binlog or has another
-    format version, rather than deleting it later as if it were empty.
+
+class _Scan:
+    """What reading one file found besides whole, good records: gaps, pieces, zeros.
+
+    ``dirty`` is set while something needs looking at before the next
+    fragment (a gap or zeros that a good fragment would end, a record in
+    pieces), so the reader's fast path checks one attribute.
     """
-    if data.startswith(_FILE_START):
-        return True
-    if _FILE_START.startswith(data) or data.count(0) == len(data):
-        warnings.append(f"{name}: incomplete file header ({len(data)} bytes), file ignored")
-        return False
-    if data.startswith(_MAGIC) and len(data) >= _FILE_HEAD.size:
-        version = _FILE_HEAD.unpack_from(data)[1]
-        raise BinlogError(f"{path} has binlog format version {version}, not {_VERSION}")
-    raise BinlogError(f"{path} is not a greenstalkd binlog file")
 
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.warnings: list[str] = []
+        self.size = 0
+        self.records = 0
+        self.all_zero = True
+        #: The file's first bytes.
+        self.start = b""
+        self.dirty = False
+        #: Set by :meth:`fragment` when the rest of the block is to be skipped.
+        self.block_done = False
+        # Where damage or an unexplained run of zeros began, if it has not ended.
+        self._bad_from: int | None = None
+        self._zero_from: int | None = None
+        self._parts: list[bytes] = []
+        self._record_at = 0
 
-def _records(name: str, data: bytes, warnings: list[str]) -> Iterator[tuple[int, int, int, int]]:
-    """The records of a file whose header was checked: (offset, type, start, stop) each.
+    def took(self, chunk: bytearray, length: int) -> None:
+        """Note a chunk read from the file."""
+        if not self.size:
+            self.start = bytes(chunk[:8])
+        self.size += length
+        if self.all_zero and chunk.count(0, 0, length) != length:
+            self.all_zero = False
 
-    A length past the end of the file is a torn tail: reading stops there.
-    A record with a bad CRC is skipped (its length was checked, so the next
-    record is found). A damaged header is skipped by searching for the
-    next record that checks out.
-    """
-    end = len(data)
-    view = memoryview(data)
-    pos = _FILE_HEAD.size
-    while pos < end:
-        if end - pos < _HEAD.size:
-            warnings.append(f"{name}: offset {pos}: torn record at the end, {end - pos} bytes lost")
-            return
-        mark, rtype, length, check, crc = _HEAD.unpack_from(data, pos)
-        start = pos + _HEAD.size
-        stop = start + length
-        if mark != _MARK or length ^ check != _MASK:
-            resume = _next_record(data, view, pos + 1)
-            if resume < 0:
-                warnings.append(
-                    f"{name}: offset {pos}: damaged data at the end, {end - pos} bytes ignored"
-                )
-                return
-            warnings.append(f"{name}: offset {pos}: damaged data, {resume - pos} bytes skipped")
-            pos = resume
-        elif stop > end:
-            warnings.append(f"{name}: offset {pos}: torn record at the end, {end - pos} bytes lost")
-            return
-        elif zlib.crc32(view[start:stop], rtype) != crc:
-            warnings.append(f"{name}: offset {pos}: bad CRC, record of {stop - pos} bytes skipped")
-            pos = stop
+    def fragment(
+        self, view: memoryview, base: int, pos: int, end: int, crc: int, size: int, kind: int
+    ) -> bytes | None:
+        """Deal with a fragment the fast path did not take; returns a record it completes.
+
+        Sets :attr:`block_done` when the rest of the block must be skipped.
+        """
+        self.block_done = False
+        data = pos + HEADER_SIZE
+        stop = data + size
+        offset = base + pos
+        if kind == 0 and size == 0 and crc == 0:
+            # Where writing stopped: the rest of the block must be zeros too.
+            if bytes(view[pos:end]).count(0) != end - pos:
+                self.damage(offset)
+            elif self._zero_from is None:
+                self._zero_from = offset
+                self.dirty = True
+            self.block_done = True
+            return None
+        if stop > end or not 1 <= kind <= 4 or zlib.crc32(view[data:stop], _SEEDS[kind]) != crc:
+            self.damage(offset)
+            self._drop_parts(offset)
+            self.block_done = True
+            return None
+        if kind <= _FIRST or self._parts:
+            self._good(offset)
+        if kind == _WHOLE:
+            self._drop_parts(offset)
+            self._settle()
+            return bytes(view[data:stop])
+        if kind == _FIRST:
+            self._drop_parts(offset)
+            self._record_at = offset
+            self._parts.append(bytes(view[data:stop]))
+        elif self._parts:
+            self._parts.append(bytes(view[data:stop]))
+            if kind == _LAST:
+                record = b"".join(self._parts)
+                self._parts.clear()
+                self._settle()
+                return record
         else:
-            yield pos, rtype, start, stop
-            pos = stop
+            # The rest of a record whose start was lost: part of the gap.
+            self.damage(offset)
+        self._settle()
+        return None
 
+    def damage(self, offset: int) -> None:
+        """Bad bytes at ``offset``: they join any gap or zeros before them."""
+        if self._bad_from is None:
+            self._bad_from = self._zero_from if self._zero_from is not None else offset
+        self._zero_from = None
+        self.dirty = True
 
-def _next_record(data: bytes, view: memoryview, pos: int) -> int:
-    """Offset of the next whole record with a good CRC at or after ``pos``; -1 if none."""
-    end = len(data)
-    while True:
-        pos = data.find(_MARK, pos)
-        if pos < 0 or end - pos < _HEAD.size:
-            return -1
-        _, rtype, length, check, crc = _HEAD.unpack_from(data, pos)
-        start = pos + _HEAD.size
-        if (
-            length ^ check == _MASK
-            and start + length <= end
-            and zlib.crc32(view[start : start + length], rtype) == crc
-        ):
-            return pos
-        pos += 1
+    def malformed(self, offset: int, kind: int) -> None:
+        """A record with good CRCs that does not fit its kind."""
+        self.warnings.append(
+            f"{self.name}: offset {offset}: malformed record of kind {chr(kind)!r}, skipped"
+        )
+
+    def finish(self) -> None:
+        """The end of the file: report a record cut short or damage that ran to the end."""
+        if self._parts:
+            self.warnings.append(
+                f"{self.name}: offset {self._record_at}: torn record at the end "
+                f"({self.size - self._record_at} bytes lost)"
+            )
+        if self._bad_from is not None:
+            self.warnings.append(
+                f"{self.name}: offset {self._bad_from}: damaged data at the end, "
+                f"{self.size - self._bad_from} bytes skipped"
+            )
+
+    def _good(self, offset: int) -> None:
+        """A good fragment at ``offset``: any damage or zeros before it were a gap."""
+        start = self._bad_from if self._bad_from is not None else self._zero_from
+        if start is not None:
+            self.warnings.append(
+                f"{self.name}: offset {start}: damaged data, {offset - start} bytes skipped"
+            )
+        self._bad_from = None
+        self._zero_from = None
+
+    def _drop_parts(self, offset: int) -> None:
+        if self._parts:
+            self.warnings.append(
+                f"{self.name}: offset {self._record_at}: a record cut short at offset "
+                f"{offset} is lost"
+            )
+            self._parts.clear()
+
+    def _settle(self) -> None:
+        self.dirty = bool(self._parts) or self._bad_from is not None or self._zero_from is not None

@@ -1,31 +1,37 @@
 """The ``greenstalkd`` command: beanstalkd's flags, the same behaviour.
 
 Flags may be combined and values attached, as beanstalkd allows
-(``-VF -p11300``, ``-l unix:/run/q.sock``). SIGUSR1 turns on drain mode;
-SIGTERM and SIGINT stop the server after flushing and syncing the binlog.
+(``-VF -p11300``, ``-l unix:/run/q.sock``); ``--help`` and ``--version``
+work too. SIGUSR1 turns on drain mode; SIGTERM and SIGINT stop the server
+after flushing and syncing the binlog (and removing its Unix socket file).
 Exit codes: 0 after a clean stop, 5 for a usage error, 10 when the binlog
 directory is locked by another process, 1 for other start-up failures.
+
+Everything the server will ever import is imported before ``-u`` drops
+privileges: the new user may not be able to read the interpreter's files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import os
+import pwd
 import secrets
 import signal
 import socket
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NoReturn, TextIO
+from typing import NoReturn, TextIO
 
 from .. import __version__
+from .._address import describe_address
+from .binlog import Binlog, BinlogError, BinlogLockedError
 from .connection import VERSION, ServerInfo
 from .net import Server, bind_tcp, bind_unix
 from .state import ServerState
-
-if TYPE_CHECKING:
-    from .binlog import Binlog
 
 DEFAULT_PORT = 11300
 DEFAULT_FSYNC_MS = 50
@@ -43,7 +49,7 @@ Use: greenstalkd [OPTIONS]
 Options:
  -b DIR   write-ahead log directory
  -f MS    fsync at most once every MS milliseconds (default is 50ms);
-          use -f0 for "always fsync"
+          use -f0 for "always fsync" (replies wait for it; fsyncs are shared)
  -F       never fsync
  -l ADDR  listen on address (default is all interfaces); unix:PATH for a Unix socket
  -p PORT  listen on port (default is 11300)
@@ -51,9 +57,9 @@ Options:
  -z BYTES set the maximum job size in bytes (default is 65535);
           max allowed is 1073741824 bytes
  -s BYTES set the size of each write-ahead log file (default is 10485760)
- -v       show version information
- -V       increase verbosity
- -h       show this help
+ -v, --version  show version information
+ -V       increase verbosity (as beanstalkd's -V; in the greenstalk command -V is --version)
+ -h, --help     show this help
 """
 
 _FLAGS_WITH_VALUE = frozenset("bflpuzs")
@@ -94,7 +100,11 @@ def parse_args(argv: Sequence[str], warn: TextIO = sys.stderr) -> Options | str:
     while position < len(argv):
         argument = argv[position]
         position += 1
-        if not argument.startswith("-") or argument == "-":
+        if argument == "--help":
+            return "help"
+        if argument == "--version":
+            return "version"
+        if not argument.startswith("-") or argument == "-" or argument.startswith("--"):
             raise UsageError(f"unknown argument: {argument}")
         index = 1
         while index < len(argument):
@@ -171,8 +181,6 @@ def listening_socket(options: Options) -> socket.socket:
 
 
 def _drop_privileges(user: str) -> None:
-    import pwd
-
     entry = pwd.getpwnam(user)
     os.setgroups([])
     os.setgid(entry.pw_gid)
@@ -189,19 +197,24 @@ def make_state(
     """
     binlog = None
     if options.binlog_dir is not None:
-        from .binlog import Binlog
-
         binlog = Binlog(
             options.binlog_dir, file_size=options.file_size, fsync_ms=options.fsync_ms
         )
     state = ServerState(time.time_ns, options.max_job_size, binlog)
     info = ServerInfo(secrets.token_hex(8), options.file_size)
     if binlog is not None:
-        recovery = binlog.open()
-        for warning in recovery.warnings:
-            print(f"greenstalkd: {warning}", file=log)
-        state.recover(recovery)
-        binlog.finish_recovery()
+        # The replay makes a million objects a second and none is garbage:
+        # the cyclic collector would only slow it down (by half).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            recovery = binlog.open()
+            for warning in recovery.warnings:
+                print(f"greenstalkd: {warning}", file=log)
+            state.recover(recovery)
+        finally:
+            if collecting:
+                gc.enable()
     return state, info, binlog
 
 
@@ -222,7 +235,7 @@ def serve(options: Options, sock: socket.socket, log: TextIO = sys.stderr) -> No
         signal.signal(signum, lambda signum, frame: server.stop())
     previous_wakeup_fd = signal.set_wakeup_fd(server.wakeup_fd(), warn_on_full_buffer=False)
     if options.verbosity:
-        print(f"greenstalkd: listening on {sock.getsockname()!r}", file=log)
+        print(f"greenstalkd: listening on {socket_address(sock)}", file=log)
     try:
         server.run()
     finally:
@@ -230,6 +243,22 @@ def serve(options: Options, sock: socket.socket, log: TextIO = sys.stderr) -> No
         server.close()
         if binlog is not None:
             binlog.close()
+
+
+def socket_address(sock: socket.socket) -> str:
+    """Where ``sock`` listens, as people write it: ``host:port`` or ``unix:PATH``."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return describe_address(name if isinstance(name, str) else name.decode())
+    return describe_address((str(name[0]), int(name[1])))
+
+
+def _wanted_address(options: Options) -> str:
+    """The address the options ask for, for messages about it."""
+    if options.listen is not None and options.listen.startswith("unix:"):
+        return options.listen
+    host = "0.0.0.0" if options.listen is None else options.listen
+    return describe_address((host, options.port))
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -252,22 +281,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"greenstalkd {__version__} (beanstalkd {VERSION} protocol)")
         return 0
     assert isinstance(parsed, Options)
+    activated = os.environ.get("LISTEN_PID") == str(os.getpid())
     try:
         sock = listening_socket(parsed)
     except OSError as error:
-        _fail(f"cannot listen: {error}", EXIT_FAILURE)
-    with sock:
-        if parsed.user is not None:
+        reason = error.strerror or error
+        _fail(f"cannot listen on {_wanted_address(parsed)}: {reason}", EXIT_FAILURE)
+    # Our own socket file goes when we stop (not one handed to us by activation).
+    unix_path = None
+    if sock.family == socket.AF_UNIX and not activated:
+        unix_path = socket_address(sock)[len("unix:") :]
+    try:
+        with sock:
+            if parsed.user is not None:
+                try:
+                    _drop_privileges(parsed.user)
+                except (KeyError, OSError) as error:
+                    _fail(f"cannot become user {parsed.user}: {error}", EXIT_FAILURE)
             try:
-                _drop_privileges(parsed.user)
-            except (KeyError, OSError) as error:
-                _fail(f"cannot become user {parsed.user}: {error}", EXIT_FAILURE)
-        from .binlog import BinlogError, BinlogLockedError
-
-        try:
-            serve(parsed, sock)
-        except BinlogLockedError as error:
-            _fail(str(error), EXIT_LOCKED)
-        except BinlogError as error:
-            _fail(str(error), EXIT_FAILURE)
+                serve(parsed, sock)
+            except BinlogLockedError as error:
+                _fail(str(error), EXIT_LOCKED)
+            except BinlogError as error:
+                _fail(str(error), EXIT_FAILURE)
+    finally:
+        if unix_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(unix_path)
     return 0

@@ -6,6 +6,12 @@
 :class:`~greenstalk.server.state.ServerState`, and hands the replies to a
 ``send`` callback, one call per batch of commands. Like beanstalkd, it runs
 one command at a time and reads nothing more while a reserve waits.
+
+Replies are batched for speed (one ``send`` for up to 64 small ones), but
+their bytes are budgeted: once the replies gathered carry more than
+:data:`OUTPUT_BUDGET` bytes they are handed over at once, and the transport
+sets :attr:`Connection.blocked` while more than that is left unsent, so a
+peer that never reads costs about one reply, as in beanstalkd.
 """
 
 from __future__ import annotations
@@ -28,10 +34,12 @@ from .._protocol.incoming import (
 )
 from .._protocol.stats import Stats, StatsJob, StatsTube, StatValue
 from .job import STATE_NAMES, Job, JobState
-from .state import SECOND, ServerState, Session, Tube
+from .state import SECOND, LogFullError, ServerState, Session, Tube
 
 Send = Callable[[bytes], None]
 _REPLIES_PER_SEND = 64
+OUTPUT_BUDGET = 65536
+"""Bytes of replies a connection may hold unsent before its commands stop running."""
 # A put waiting for its body: job id, body size, priority, delay, TTR.
 PendingPut = tuple[int, int, int, int, int]
 
@@ -82,11 +90,12 @@ class ServerInfo:
 class Connection:
     """The protocol state of one client connection.
 
-    ``send`` gets the bytes to write. ``resume_soon`` is called when a
-    waiting reserve has ended: the transport should call :meth:`process`
-    soon, outside the current call stack, to run the commands buffered
-    meanwhile. ``before_reply`` runs before each batch of replies is sent
-    (the binlog is flushed there).
+    ``send`` gets the bytes to write. ``resume_soon`` is called when
+    commands are left buffered that can run now: after a waiting reserve
+    has ended, or after a batch of large replies, so that other connections
+    get their turn. The transport should call :meth:`process` soon, outside
+    the current call stack. ``before_reply`` runs before each batch of
+    replies is sent (the binlog is flushed there).
     """
 
     def __init__(
@@ -104,11 +113,14 @@ class Connection:
         self._before_reply = before_reply
         self._reader = CommandReader()
         self._replies: list[bytes] = []
+        # Bytes of the gathered replies that carry a job body or a list, the
+        # only ones of unbounded size; the others are short and at most 64.
+        self._gathered = 0
         self.session: Session = state.open_session(self._woken)
         #: True once ``quit`` was read or the connection was closed.
         self.closed = False
-        #: Set by the transport while the peer leaves too many replies unread:
-        #: like beanstalkd, run no more of its commands until they are taken.
+        #: Set by the transport while more than :data:`OUTPUT_BUDGET` bytes of
+        #: replies are unsent: run no more commands until the peer takes them.
         self.blocked = False
         # A put whose body is still awaited, and how much of an oversized body is left to drop.
         self._body: PendingPut | None = None
@@ -134,15 +146,26 @@ class Connection:
             self.process()
 
     def process(self) -> None:
-        """Run the buffered commands until one waits or more bytes are needed."""
+        """Run the buffered commands until one waits or more bytes are needed.
+
+        It stops early while :attr:`blocked`, and after handing over more than
+        :data:`OUTPUT_BUDGET` bytes of replies, calling ``resume_soon`` then.
+        """
         reader = self._reader
         session = self.session
         replies = self._replies
+        budget = OUTPUT_BUDGET
         while not self.closed and not session.waiting and not self.blocked:
-            if len(replies) >= _REPLIES_PER_SEND:
-                # Hand long runs of replies over as they come, so that a peer
-                # not reading them can block us (see ``blocked``).
+            if len(replies) >= _REPLIES_PER_SEND or self._gathered > budget:
+                # Hand the replies over, so that a peer not reading them can
+                # block us (see ``blocked``) before more pile up.
+                large = self._gathered > budget
                 self.flush()
+                if large and not self.blocked:
+                    # Large replies cost time too: let other connections run.
+                    self._resume_soon()
+                    return
+                continue
             if self._discarding:
                 self._discarding -= reader.skip(self._discarding)
                 if self._discarding:
@@ -171,6 +194,7 @@ class Connection:
             self._before_reply()
             data = b"".join(self._replies) if len(self._replies) > 1 else self._replies[0]
             self._replies.clear()
+            self._gathered = 0
             self._send(data)
 
     def _woken(self, reply: bytes) -> None:
@@ -184,9 +208,26 @@ class Connection:
         self.state.end_wait(self.session)
 
     def close(self) -> None:
-        """The connection is gone: release its reserved jobs."""
-        self.closed = True
-        self.state.close_session(self.session)
+        """The connection is gone: release its reserved jobs and drop what it holds.
+
+        What it was sent and the replies not yet handed over are freed, and
+        the references to the transport are cut (the state cuts the
+        session's to us), so that reference counting alone frees the
+        connection.
+        """
+        self._end()
+        self._reader = CommandReader()
+        self._replies.clear()
+        self._gathered = 0
+        self._body = None
+        self._discarding = 0
+        self._send = _ignore
+        self._resume_soon = _nothing
+
+    def _end(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.state.close_session(self.session)
 
     # Commands
 
@@ -198,7 +239,11 @@ class Connection:
                 self.info.command_counts[error.op] += 1
             return error.reply
         self.info.command_counts[op] += 1
-        return _HANDLERS[op](self, *args)
+        try:
+            return _HANDLERS[op](self, *args)
+        except LogFullError:
+            # Nothing was changed. beanstalkd answers a bury it cannot log so.
+            return outgoing.INTERNAL_ERROR if op is Op.BURY else outgoing.OUT_OF_MEMORY
 
     def _put(self, priority: int, delay: int, ttr: int, size: int, clean: bool) -> bytes | None:
         if size > self.state.max_job_size:
@@ -223,8 +268,12 @@ class Connection:
             self._replies.append(outgoing.DRAINING)
         else:
             assert isinstance(body, bytes)
-            self.state.put(self.session, job_id, priority, delay, ttr, body)
-            self._replies.append(outgoing.inserted(job_id))
+            try:
+                self.state.put(self.session, job_id, priority, delay, ttr, body)
+            except LogFullError:
+                self._replies.append(outgoing.OUT_OF_MEMORY)
+            else:
+                self._replies.append(outgoing.inserted(job_id))
         return True
 
     def _reserve(self) -> bytes | None:
@@ -233,12 +282,18 @@ class Connection:
     def _reserve_with_timeout(self, timeout: int | None) -> bytes | None:
         result = self.state.reserve(self.session, timeout)
         if isinstance(result, Job):
-            return outgoing.reserved(result.id, result.body)
+            reply = outgoing.reserved(result.id, result.body)
+            self._gathered += len(reply)
+            return reply
         return result
 
     def _reserve_job(self, job_id: int) -> bytes:
         job = self.state.reserve_job(self.session, job_id)
-        return outgoing.NOT_FOUND if job is None else outgoing.reserved(job.id, job.body)
+        if job is None:
+            return outgoing.NOT_FOUND
+        reply = outgoing.reserved(job.id, job.body)
+        self._gathered += len(reply)
+        return reply
 
     def _delete(self, job_id: int) -> bytes:
         return outgoing.DELETED if self.state.delete(self.session, job_id) else outgoing.NOT_FOUND
@@ -260,9 +315,12 @@ class Connection:
     def _kick_job(self, job_id: int) -> bytes:
         return outgoing.KICKED if self.state.kick_job(job_id) else outgoing.NOT_FOUND
 
-    @staticmethod
-    def _found(job: Job | None) -> bytes:
-        return outgoing.NOT_FOUND if job is None else outgoing.found(job.id, job.body)
+    def _found(self, job: Job | None) -> bytes:
+        if job is None:
+            return outgoing.NOT_FOUND
+        reply = outgoing.found(job.id, job.body)
+        self._gathered += len(reply)
+        return reply
 
     def _peek(self, job_id: int) -> bytes:
         return self._found(self.state.job(job_id))
@@ -299,10 +357,15 @@ class Connection:
         return outgoing.NOT_IGNORED if count is None else outgoing.watching(count)
 
     def _list_tubes(self) -> bytes:
-        return _names(self.state.iter_tubes())
+        return self._names(self.state.iter_tubes())
 
     def _list_tubes_watched(self) -> bytes:
-        return _names(self.session.watched)
+        return self._names(self.session.watched)
+
+    def _names(self, tubes: Iterable[Tube]) -> bytes:
+        reply = outgoing.ok(outgoing.list_yaml(tube.name for tube in tubes))
+        self._gathered += len(reply)
+        return reply
 
     def _list_tube_used(self) -> bytes:
         return outgoing.using(self.session.use.name)
@@ -311,7 +374,8 @@ class Connection:
         return outgoing.PAUSED if self.state.pause_tube(name, delay) else outgoing.NOT_FOUND
 
     def _quit(self) -> None:
-        self.close()
+        # The replies before it still go out; the transport calls close() later.
+        self._end()
 
     def stats(self) -> bytes:
         """The YAML of ``stats``."""
@@ -349,7 +413,7 @@ class Connection:
                 "binlog-records-migrated": binlog.records_migrated if binlog else 0,
                 "binlog-records-written": binlog.records_written if binlog else 0,
                 "binlog-max-size": info.binlog_max_size,
-                "draining": "true" if state.draining else "false",
+                "draining": state.draining,
                 "id": info.server_id,
                 "hostname": info.hostname,
                 "os": info.os,
@@ -411,13 +475,15 @@ def _tube_stats(state: ServerState, name: bytes) -> bytes | None:
     return outgoing.stats_yaml(StatsTube, values)
 
 
-def _names(tubes: Iterable[Tube]) -> bytes:
-    return outgoing.ok(outgoing.list_yaml(tube.name for tube in tubes))
+def _ignore(_: bytes) -> None:
+    pass
+
+
+def _nothing() -> None:
+    pass
 
 
 # The method that runs each op: "_" and the op's name with "-" as "_".
 _HANDLERS: dict[Op, Callable[..., bytes | None]] = {
     op: getattr(Connection, "_" + op.value.replace("-", "_")) for op in Op
 }
-
-

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Callable
 
-from .connection import Connection, ServerInfo
+from .connection import OUTPUT_BUDGET, Connection, ServerInfo
 from .state import SECOND, ServerState
 
 if TYPE_CHECKING:
@@ -33,12 +33,27 @@ if TYPE_CHECKING:
 
 _READ = select.POLLIN
 _WRITE = select.POLLOUT
-_HANG_UP = getattr(select, "POLLRDHUP", 0x2000)
+# The peer shut down its sending side (Linux only; elsewhere a half-close
+# shows only as readable, and a full hang-up as POLLHUP).
+_HANG_UP = getattr(select, "POLLRDHUP", 0)
+_GONE = _HANG_UP | select.POLLHUP | select.POLLERR
+_INPUT = _READ | _GONE
+# While a reserve waits nothing is read, as in beanstalkd: only a hang-up is
+# watched for, which ends the reserve. Without POLLRDHUP the connection is
+# read to notice a half-close, but only this far.
+_WAITING = _HANG_UP or _READ
+_MAX_WAITING_INPUT = 1 << 20
 _RECEIVE_SIZE = 262144
-# Stop reading from a peer whose unprocessed input exceeds this: beanstalkd
-# reads nothing while a reserve waits; we keep reading (to notice a hang-up)
-# but only this far. The same bound applies to replies the peer leaves unread.
-_MAX_BUFFERED = 1 << 20
+# After a hang-up, what the peer sent is all in the kernel: read up to this
+# many times in a row (16 MiB) to run it all now; any rest on the next poll.
+_DRAIN_READS = 64
+# A connection blocked by unsent output runs again once the peer has taken
+# this much of it.
+_RESUME_BELOW = OUTPUT_BUDGET // 2
+# accept() errors that mean "out of descriptors or memory": the peer stays in
+# the backlog, and the listener rests this many seconds before the next try.
+_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+_ACCEPT_RETRY = 0.1
 # Wake up this much after a timer's moment rather than a hair before it.
 _TIMER_SLACK = 0.0005
 _LONGEST_SLEEP = 3600.0
@@ -86,24 +101,33 @@ class _Poller:
 
 
 class _Client:
-    """The socket side of one connection: reading, writing, back-pressure."""
+    """The socket side of one connection: reading, writing, back-pressure, hang-ups."""
 
-    __slots__ = ("_closing", "_mask", "_output", "_server", "connection", "fd", "sock")
+    __slots__ = ("_closing", "_mask", "_output", "_queued", "_server", "connection", "fd", "sock")
 
     def __init__(self, server: Server, sock: socket.socket) -> None:
         self.sock = sock
         self.fd = sock.fileno()
         self._server = server
         self._output = bytearray()
+        # The peer sent EOF, or quit was read: close once the output is out.
         self._closing = False
+        # In the server's pending queue: its input waits until it has run.
+        self._queued = False
         self._mask = _READ | _HANG_UP
         self.connection = server.connect(self.write, self._resume_soon)
         server.poller.register(self.fd, self._mask)
 
     def write(self, data: bytes) -> None:
-        """Send ``data``, keeping what the socket does not take yet."""
-        if self._output:
-            self._output += data
+        """Send a batch of replies, keeping what the socket does not take yet.
+
+        Every reply enters the output here. Past :data:`OUTPUT_BUDGET` unsent
+        bytes the connection is blocked: none of its commands run, and
+        nothing is read from it, until the peer has taken most of them.
+        """
+        output = self._output
+        if output:
+            output += data
         else:
             try:
                 sent = self.sock.send(data)
@@ -112,43 +136,59 @@ class _Client:
             except OSError:
                 self._server.drop(self)
                 return
-            if sent < len(data):
-                self._output += data[sent:]
-        # All sent (the usual case): nothing to watch for that was not watched before.
-        if self._output:
-            if len(self._output) > _MAX_BUFFERED:
-                self.connection.blocked = True
-            self._update_mask()
+            if sent == len(data):
+                return  # the usual case: nothing to watch for that was not watched before
+            output += memoryview(data)[sent:]
+        if len(output) > OUTPUT_BUDGET:
+            self.connection.blocked = True
+        self._update_mask()
 
     def _resume_soon(self) -> None:
-        self._server.pending.append(self)
+        if not self._queued:
+            self._queued = True
+            self._server.pending.append(self)
 
     def resume(self) -> None:
-        """Run the commands that arrived while a reserve waited."""
-        if self.connection.closed:
-            return
-        self.connection.process()
+        """Run the commands that can run now (see the connection's ``resume_soon``)."""
+        self._queued = False
+        if not self.connection.closed:
+            self.connection.process()
         self._after()
 
     def _update_mask(self) -> None:
-        if self._closing:
+        connection = self.connection
+        if self._closing or connection.blocked:
             mask = _WRITE if self._output else 0
-        elif self._output:
-            # Replies pile up unread: stop reading, as beanstalkd does.
-            mask = _WRITE if self.connection.blocked else _WRITE | _READ | _HANG_UP
-        elif self.connection.waiting and self.connection.buffered > _MAX_BUFFERED:
-            mask = 0
         else:
-            mask = _READ | _HANG_UP
+            if connection.session.waiting:
+                mask = _WAITING if connection.buffered <= _MAX_WAITING_INPUT else 0
+            else:
+                mask = _READ | _HANG_UP
+            if self._output:
+                mask |= _WRITE
         if mask != self._mask and self.fd >= 0:
             self._mask = mask
             self._server.poller.modify(self.fd, mask)
 
     def on_event(self, events: int) -> None:
+        """Act on what the poller reported: send pending output, read, notice a hang-up.
+
+        Input waits while the connection is queued to run: it is read after.
+        """
         if events & _WRITE:
             self._flush()
-        if events & (_READ | _HANG_UP | select.POLLHUP | select.POLLERR) and self.fd >= 0:
-            self._read()
+        if events & _INPUT and self.fd >= 0 and not self._queued:
+            if not events & _GONE:
+                self._read(1)
+                return
+            if self.connection.session.waiting:
+                # A hang-up ends a waiting reserve with TIMED_OUT.
+                self.connection.peer_closed_write()
+            self._read(_DRAIN_READS)
+
+    def start(self) -> None:
+        """Read a new connection at once: its first commands, and its hang-up, may be here."""
+        self._read(2)
 
     def _flush(self) -> None:
         try:
@@ -159,52 +199,73 @@ class _Client:
             self._server.drop(self)
             return
         del self._output[:sent]
-        if not self._output and self._closing:
-            self._server.drop(self)
-            return
-        if self.connection.blocked and len(self._output) <= _MAX_BUFFERED // 2:
-            self.connection.blocked = False
-            self._resume_soon()
-        self._update_mask()
-
-    def _read(self) -> None:
-        server = self._server
-        try:
-            size = self.sock.recv_into(server.receive_buffer)
-        except BlockingIOError:
-            return
-        except OSError:
-            server.drop(self)
-            return
         connection = self.connection
-        if size:
+        if connection.blocked and len(self._output) <= _RESUME_BELOW:
+            connection.blocked = False
+            self._resume_soon()
+        self._after()
+
+    def _read(self, reads: int) -> None:
+        """Read what the peer sent and run its commands, reading up to ``reads`` times.
+
+        Reading stops early when nothing is left to read, or the connection
+        may not run now. After a hang-up, several reads run what the peer
+        sent before leaving and close the connection, before the other
+        connections' commands of the same poll run.
+        """
+        server = self._server
+        connection = self.connection
+        while True:
+            try:
+                size = self.sock.recv_into(server.receive_buffer)
+            except BlockingIOError:
+                break
+            except OSError:
+                server.drop(self)
+                return
+            if not size:
+                self._closing = True
+                break
             connection.receive(server.receive_view[:size])
-            self._after()
-            return
-        # The peer shut down its side: a waiting reserve ends, then we close.
-        connection.peer_closed_write()
-        if not connection.closed:
-            connection.process()
-        self._closing = True
-        if self._output:
-            self._update_mask()
-        else:
-            self._server.drop(self)
+            reads -= 1
+            if (
+                not reads
+                or connection.closed
+                or connection.blocked
+                or connection.session.waiting
+                or self._queued
+            ):
+                break
+        self._after()
 
     def _after(self) -> None:
-        if self.connection.closed:
-            self._server.drop(self)
-        else:
-            self._update_mask()
+        """Close the connection once it is done with; otherwise watch for what it needs next."""
+        if self.fd < 0:
+            return
+        connection = self.connection
+        if connection.closed:
+            # After quit, the replies to the commands before it still go out.
+            self._closing = True
+            if not self._output:
+                self._server.drop(self)
+                return
+        elif self._closing:
+            if connection.session.waiting:
+                # A reserve run after the peer's EOF times out at once, as in beanstalkd.
+                connection.peer_closed_write()
+            if not self._output and not connection.blocked and not self._queued:
+                self._server.drop(self)
+                return
+        self._update_mask()
 
     def close(self) -> None:
-        """Close the socket and release the connection's jobs."""
+        """Close the socket, release the connection's jobs and free its buffers."""
         if self.fd >= 0:
             self._server.poller.unregister(self.fd)
             self.fd = -1
             self.sock.close()
-        if not self.connection.closed:
-            self.connection.close()
+        self._output = bytearray()
+        self.connection.close()
 
 
 class Server:
@@ -225,8 +286,13 @@ class Server:
         self.receive_buffer = bytearray(_RECEIVE_SIZE)
         self.receive_view = memoryview(self.receive_buffer)
         self._listeners: dict[int, socket.socket] = {}
+        # Listeners left unpolled while descriptors run out, until _accept_again_at.
+        self._resting: dict[int, socket.socket] = {}
+        self._accept_again_at = 0.0
+        self._accept_failing = False
         self.clients: dict[int, _Client] = {}
-        #: Connections whose waiting reserve ended: their buffered commands run next.
+        #: Connections with commands to run after this poll's events (a reserve
+        #: ended, output was taken, or they let others run first).
         self.pending: deque[_Client] = deque()
         self._calls: deque[Callable[[], object]] = deque()
         self._stopping = False
@@ -292,6 +358,8 @@ class Server:
             due = self.binlog.sync_due_at()
             if due is not None:
                 deadlines.append((due - time.time_ns()) / SECOND)
+        if self._resting:
+            deadlines.append(self._accept_again_at - time.monotonic())
         if not deadlines:
             return None
         # Never sleep longer than beanstalkd does (an hour): poll() cannot
@@ -306,10 +374,19 @@ class Server:
         pending = self.pending
         while not self._stopping:
             events = self.poller.poll(0 if pending else self._timeout())
+            # Hang-ups first: a peer that left (after its last commands have
+            # run) is no longer counted when the other commands of this poll
+            # run, as a stats sent right after a close expects.
+            for fd, mask in events:
+                if mask & _GONE:
+                    client = clients.get(fd)
+                    if client is not None:
+                        client.on_event(mask)
             for fd, mask in events:
                 client = clients.get(fd)
                 if client is not None:
-                    client.on_event(mask)
+                    if not mask & _GONE:
+                        client.on_event(mask)
                 elif fd in listeners:
                     self._accept(listeners[fd])
                 elif fd == wake_fd:
@@ -321,9 +398,13 @@ class Server:
                 if due is not None and due <= time.time_ns():
                     self._flush_log()
                     self._sync_log()
-            # Reserves that ended above (their replies are sent) may have
-            # commands queued behind them.
-            while pending:
+            if self._resting and time.monotonic() >= self._accept_again_at:
+                for fd in self._resting:
+                    self.poller.register(fd, _READ)
+                self._resting.clear()
+            # Connections queued so far run now; one that queues itself again
+            # (letting others run first) waits for the next pass.
+            for _ in range(len(pending)):
                 pending.popleft().resume()
 
     def _sync_log(self) -> None:
@@ -349,10 +430,12 @@ class Server:
             try:
                 sock, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
+                self._accept_failing = False  # caught up with the backlog
                 return
             except OSError as error:
-                if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    return  # out of descriptors: leave the peer in the backlog
+                if error.errno in _OUT_OF_RESOURCES:
+                    self._rest(listener, error)
+                    return
                 if error.errno == errno.ECONNABORTED:
                     continue
                 raise
@@ -361,20 +444,46 @@ class Server:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client = _Client(self, sock)
             self.clients[client.fd] = client
+            client.start()
+
+    def _rest(self, listener: socket.socket, error: OSError) -> None:
+        """Out of descriptors: stop polling ``listener`` for a while.
+
+        It would be readable again at once, and every accept would fail, at
+        full CPU. The peers wait in the backlog meanwhile; a connection that
+        closes ends the rest early. Warns once, until the backlog is emptied.
+        """
+        fd = listener.fileno()
+        self.poller.unregister(fd)
+        self._resting[fd] = listener
+        self._accept_again_at = time.monotonic() + _ACCEPT_RETRY
+        if not self._accept_failing:
+            self._accept_failing = True
+            print(
+                f"greenstalkd: cannot accept connections on {_describe(listener)}:"
+                f" {error.strerror}; retrying every {_ACCEPT_RETRY:g} s",
+                file=sys.stderr,
+            )
 
     def drop(self, client: _Client) -> None:
-        """Close a client connection."""
-        self.clients.pop(client.fd, None)
+        """Close a client connection (again: nothing happens)."""
+        if client.fd < 0:
+            return
+        del self.clients[client.fd]
         client.close()
+        if self._resting:
+            self._accept_again_at = 0.0  # a descriptor is free: accept again now
 
     def close(self) -> None:
         """Close the listeners and every connection."""
         for client in list(self.clients.values()):
             self.drop(client)
         for fd, listener in self._listeners.items():
-            self.poller.unregister(fd)
+            if fd not in self._resting:
+                self.poller.unregister(fd)
             listener.close()
         self._listeners.clear()
+        self._resting.clear()
         self.poller.unregister(self._wake_reader.fileno())
         self._wake_reader.close()
         self._wake_writer.close()
@@ -383,6 +492,17 @@ class Server:
 
 def _nothing() -> None:
     pass
+
+
+def _describe(sock: socket.socket) -> str:
+    """A listening socket's address as beanstalkd's flags write it: host:port or unix:path."""
+    address = sock.getsockname()
+    if isinstance(address, tuple):
+        host, port = address[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(address, bytes):
+        address = address.decode(errors="replace")
+    return f"unix:{address}"
 
 
 def run_in_thread(server: Server) -> threading.Thread:

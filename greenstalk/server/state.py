@@ -7,21 +7,27 @@ without sleeping. The network layer calls :meth:`ServerState.tick` when
 :meth:`ServerState.next_wakeup` says a timer is due, and learns of replies
 to waiting reserves through each session's ``wake`` callback.
 
-Lazy deletion keeps the hot path cheap: a heap entry stays in its heap when
-its job leaves, and is recognised as stale because the job no longer points
-at it (``job.entry is not entry``). Heaps are rebuilt when stale entries
-outnumber live ones, so memory stays proportional to the live jobs.
+Memory and the hot path: a tube's ready jobs are heaps of job *ids*, one
+heap per priority (new ids are the largest, so a put pushes at the bottom
+of its heap at no cost), and delayed jobs a heap of ``(deadline, id)``.
+Entries are deleted lazily: an entry is live while the job with that id is
+in that state with that priority or deadline, and a heap is rebuilt once
+stale entries outnumber live ones. A stale entry that comes back to life
+(a job deleted from the middle of the ready heap cannot come back, but one
+taken by ``reserve-job`` can be released with the same priority) names the
+same job at the same place, so it is harmless: serving the job makes every
+other entry of it stale again.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Callable, TypeVar, Union
+from collections.abc import Hashable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Generic, TypeVar, Union
 
 from .._protocol.outgoing import DEADLINE_SOON, TIMED_OUT, reserved
-from .job import Job, JobState
+from .job import BURIES, KICKS, RELEASES, RESERVES, TIMEOUTS, Job, JobState, bumped, with_delay
 
 if TYPE_CHECKING:
     from .binlog import Binlog, Recovery
@@ -33,11 +39,73 @@ DEFAULT_TUBE = b"default"
 
 Clock = Callable[[], int]
 Wake = Callable[[bytes], None]
-HeapEntry = tuple[int, int, Job]
+Jobs = dict[int, Job]
+
+READY = JobState.READY
+RESERVED = JobState.RESERVED
+BURIED = JobState.BURIED
+DELAYED = JobState.DELAYED
 
 # Rebuild a lazily-deleted heap once it holds this many entries more than
 # twice its live ones.
 _HEAP_SLACK = 64
+# Jobs put within this many nanoseconds share one creation time (and one int
+# object: 36 bytes a job in a burst of puts); ``age`` counts whole seconds.
+_CREATED_RESOLUTION = 1_000_000
+
+
+class LogFullError(Exception):
+    """The job log has no room for the record a command needs; nothing was changed."""
+
+
+T = TypeVar("T", bound=Hashable)
+
+
+class SwapSet(Generic[T]):
+    """An ordered set that removes the way beanstalkd's arrays do, in O(1).
+
+    The last item takes the removed one's place, so iteration order matches
+    1.12's ``list-tubes`` and ``list-tubes-watched``.
+    """
+
+    __slots__ = ("_index", "items")
+
+    def __init__(self, items: Iterable[T] = ()) -> None:
+        #: The items in order; read it, never change it directly.
+        self.items: list[T] = []
+        self._index: dict[T, int] = {}
+        for item in items:
+            self.add(item)
+
+    def add(self, item: T) -> bool:
+        """Append ``item`` unless present; returns whether it was added."""
+        if item in self._index:
+            return False
+        self._index[item] = len(self.items)
+        self.items.append(item)
+        return True
+
+    def remove(self, item: T) -> None:
+        """Remove ``item``; the last item moves into its place. Raises KeyError if absent."""
+        index = self._index.pop(item)
+        last = self.items.pop()
+        if last is not item:
+            self.items[index] = last
+            self._index[last] = index
+
+    def clear(self) -> None:
+        """Remove every item."""
+        self.items.clear()
+        self._index.clear()
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._index
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
 
 
 class Tube:
@@ -51,8 +119,10 @@ class Tube:
         "delayed_count",
         "name",
         "pause",
+        "priorities",
         "ready",
         "ready_count",
+        "ready_entries",
         "reserved_count",
         "timer",
         "total_jobs",
@@ -65,8 +135,12 @@ class Tube:
 
     def __init__(self, name: bytes) -> None:
         self.name = name
-        self.ready: list[HeapEntry] = []
-        self.delayed: list[HeapEntry] = []
+        #: Heaps of ready job ids by priority; ``priorities`` is a heap of their keys.
+        self.ready: dict[int, list[int]] = {}
+        self.priorities: list[int] = []
+        #: Entries in the ready heaps, stale ones included.
+        self.ready_entries = 0
+        self.delayed: list[tuple[int, int]] = []
         self.buried: OrderedDict[int, Job] = OrderedDict()
         #: Sessions blocked in a reserve that watch this tube, oldest first.
         self.waiting: dict[Session, None] = {}
@@ -84,28 +158,82 @@ class Tube:
         self.unpause_at = 0
         self.timer: TimerEntry | None = None
 
+    def __repr__(self) -> str:
+        return f"<Tube {self.name.decode('ascii', 'replace')}>"
+
     @property
     def job_count(self) -> int:
         """Jobs in the tube in any state."""
         return self.ready_count + self.reserved_count + self.delayed_count + len(self.buried)
 
-    def top_ready(self) -> Job | None:
-        """The ready job with the lowest (priority, id), or None."""
-        return _live_top(self.ready)
+    def top_ready(self, jobs: Jobs) -> Job | None:
+        """The ready job with the lowest (priority, id), or None; drops stale entries above it."""
+        priorities = self.priorities
+        while priorities:
+            priority = priorities[0]
+            ids = self.ready[priority]
+            while ids:
+                job = jobs.get(ids[0])
+                if job is not None and job.state is READY and job.priority == priority:
+                    return job
+                heapq.heappop(ids)
+                self.ready_entries -= 1
+            del self.ready[priority]
+            heapq.heappop(priorities)
+        return None
 
-    def top_delayed(self) -> Job | None:
+    def push_ready(self, job: Job) -> None:
+        """Add a ready job's entry to its priority's heap."""
+        ids = self.ready.get(job.priority)
+        if ids is None:
+            self.ready[job.priority] = [job.id]
+            heapq.heappush(self.priorities, job.priority)
+        else:
+            heapq.heappush(ids, job.id)
+        self.ready_entries += 1
+
+    def pop_ready(self, job: Job) -> None:
+        """Remove the entry of ``job``, which :meth:`top_ready` just returned."""
+        heapq.heappop(self.ready[job.priority])
+        self.ready_entries -= 1
+
+    def rebuild_ready_if_stale(self, jobs: Jobs) -> None:
+        """Drop stale ready entries once they outnumber the live ones."""
+        if self.ready_entries <= 2 * self.ready_count + _HEAP_SLACK:
+            return
+        live: dict[int, set[int]] = {}
+        for ids in self.ready.values():
+            for job_id in ids:
+                job = jobs.get(job_id)
+                if job is not None and job.state is READY:
+                    live.setdefault(job.priority, set()).add(job_id)
+        # A sorted list is a valid heap.
+        by_priority = {priority: sorted(ids) for priority, ids in live.items()}
+        self.ready = by_priority
+        self.priorities = sorted(by_priority)
+        self.ready_entries = sum(map(len, by_priority.values()))
+
+    def top_delayed(self, jobs: Jobs) -> Job | None:
         """The delayed job with the earliest deadline (then lowest id), or None."""
-        return _live_top(self.delayed)
+        delayed = self.delayed
+        while delayed:
+            deadline, job_id = delayed[0]
+            job = jobs.get(job_id)
+            if job is not None and job.state is DELAYED and job.deadline_at == deadline:
+                return job
+            heapq.heappop(delayed)
+        return None
 
-
-def _live_top(heap: list[HeapEntry]) -> Job | None:
-    """The job of the heap's first live entry, dropping the stale ones above it."""
-    while heap:
-        entry = heap[0]
-        if entry[2].entry is entry:
-            return entry[2]
-        heapq.heappop(heap)
-    return None
+    def rebuild_delayed_if_stale(self, jobs: Jobs) -> None:
+        """Drop stale delayed entries once they outnumber the live ones."""
+        if len(self.delayed) <= 2 * self.delayed_count + _HEAP_SLACK:
+            return
+        live = set()
+        for deadline, job_id in self.delayed:
+            job = jobs.get(job_id)
+            if job is not None and job.state is DELAYED and job.deadline_at == deadline:
+                live.add((deadline, job_id))
+        self.delayed = sorted(live)
 
 
 class Session:
@@ -127,7 +255,7 @@ class Session:
 
     def __init__(self, use: Tube, wake: Wake) -> None:
         self.use = use
-        self.watched: dict[Tube, None] = {use: None}
+        self.watched: SwapSet[Tube] = SwapSet((use,))
         self.reserved: dict[int, Job] = {}
         #: The reserved job with the earliest deadline, None when unknown or none.
         self.soonest: Job | None = None
@@ -162,7 +290,9 @@ class ServerState:
     ``clock`` returns the time in nanoseconds (wall clock in the real server,
     since a binlog keeps absolute deadlines across restarts). The command
     methods take arguments as :func:`~greenstalk._protocol.incoming.parse_command`
-    gives them and return what the reply needs; the caller formats it.
+    gives them and return what the reply needs; the caller formats it. With
+    a ``binlog``, a command whose record the log has no room for raises
+    :class:`LogFullError` before it changes anything.
     """
 
     def __init__(
@@ -175,8 +305,11 @@ class ServerState:
         self.max_job_size = max_job_size
         self.binlog = binlog
         self.started_at = clock()
-        self.jobs: dict[int, Job] = {}
+        self._created_at = self.started_at
+        self.jobs: Jobs = {}
         self.tubes: dict[bytes, Tube] = {}
+        # The tubes in beanstalkd's order (see SwapSet).
+        self._tube_order: SwapSet[Tube] = SwapSet()
         self.default_tube = self.tube(DEFAULT_TUBE)
         self.next_id = 1
         self.draining = False
@@ -203,6 +336,7 @@ class ServerState:
         tube = self.tubes.get(name)
         if tube is None:
             tube = self.tubes[name] = Tube(name)
+            self._tube_order.add(tube)
         return tube
 
     def _drop_if_unused(self, tube: Tube) -> None:
@@ -213,7 +347,8 @@ class ServerState:
             and tube.job_count == 0
             and tube is not self.default_tube
         ):
-            _swap_remove(self.tubes, tube.name)
+            del self.tubes[tube.name]
+            self._tube_order.remove(tube)
             if tube.timer is not None:
                 tube.timer = None
                 self._live_timers -= 1
@@ -247,14 +382,16 @@ class ServerState:
         session.reserved.clear()
         session.soonest = None
         for job in jobs:
-            self._unreserve(job)
+            self._unreserve(session, job)
             self._make_ready(job)
         session.use.using -= 1
         self._drop_if_unused(session.use)
-        for tube in session.watched:
+        for tube in session.watched.items:
             tube.watching -= 1
             self._drop_if_unused(tube)
         session.watched.clear()
+        # The callback usually closes over the connection: let it go now.
+        session.wake = _ignore_reply
 
     def use(self, session: Session, name: bytes) -> None:
         """Make ``name`` the tube ``session`` puts into."""
@@ -270,8 +407,7 @@ class ServerState:
     def watch(self, session: Session, name: bytes) -> int:
         """Add ``name`` to the session's watch list; returns how many it watches."""
         tube = self.tube(name)
-        if tube not in session.watched:
-            session.watched[tube] = None
+        if session.watched.add(tube):
             tube.watching += 1
         return len(session.watched)
 
@@ -282,7 +418,7 @@ class ServerState:
             return len(session.watched)
         if len(session.watched) == 1:
             return None
-        session.watched = _swap_remove(session.watched, tube)
+        session.watched.remove(tube)
         tube.watching -= 1
         self._drop_if_unused(tube)
         return len(session.watched)
@@ -298,10 +434,19 @@ class ServerState:
     def put(
         self, session: Session, job_id: int, priority: int, delay: int, ttr: int, body: bytes
     ) -> Job:
-        """Store a new job in the session's used tube, ready or delayed."""
-        now = self.clock()
+        """Store a new job in the session's used tube, ready or delayed.
+
+        Raises LogFullError when the log has no room for it.
+        """
         tube = session.use
-        job = Job(job_id, tube, priority, delay, ttr or 1, body, now)
+        binlog = self.binlog
+        if binlog is not None and not binlog.reserve_put(len(tube.name), len(body)):
+            raise LogFullError
+        now = self.clock()
+        created = self._created_at
+        if not 0 <= now - created < _CREATED_RESOLUTION:
+            self._created_at = created = now
+        job = Job(job_id, tube, priority, delay, ttr or 1, body, created)
         self.jobs[job_id] = job
         tube.total_jobs += 1
         self.total_jobs += 1
@@ -309,20 +454,21 @@ class ServerState:
             self._make_delayed(job, now + delay * SECOND)
         else:
             self._make_ready(job)
-        if self.binlog is not None:
-            self.binlog.put(job)
+        if binlog is not None:
+            binlog.put(job)
         return job
+
+    def _reserve_update(self) -> None:
+        if self.binlog is not None and not self.binlog.reserve_update():
+            raise LogFullError
 
     # Moving jobs between states
 
     def _make_ready(self, job: Job) -> None:
         tube = job.tube
-        job.state = JobState.READY
+        job.state = READY
         job.deadline_at = 0
-        entry = (job.priority, job.id, job)
-        job.entry = entry
-        heap = tube.ready
-        heapq.heappush(heap, entry)
+        tube.push_ready(job)
         tube.ready_count += 1
         self.ready_count += 1
         if job.priority < URGENT_PRIORITY:
@@ -330,12 +476,10 @@ class ServerState:
             self.urgent_count += 1
         if tube.waiting and not tube.pause:
             self._serve_waiters(tube)
-        elif len(heap) > 2 * tube.ready_count + _HEAP_SLACK:
-            tube.ready = _rebuilt(heap)
 
     def _remove_ready(self, job: Job) -> None:
+        """Count a ready job out; its heap entry, if still there, is now stale."""
         tube = job.tube
-        job.entry = None
         tube.ready_count -= 1
         self.ready_count -= 1
         if job.priority < URGENT_PRIORITY:
@@ -344,24 +488,20 @@ class ServerState:
 
     def _make_delayed(self, job: Job, deadline: int) -> None:
         tube = job.tube
-        job.state = JobState.DELAYED
+        job.state = DELAYED
         job.deadline_at = deadline
-        entry = (deadline, job.id, job)
-        job.entry = entry
-        heapq.heappush(tube.delayed, entry)
+        heapq.heappush(tube.delayed, (deadline, job.id))
         tube.delayed_count += 1
         self.delayed_count += 1
-        if len(tube.delayed) > 2 * tube.delayed_count + _HEAP_SLACK:
-            tube.delayed = _rebuilt(tube.delayed)
+        tube.rebuild_delayed_if_stale(self.jobs)
         self._set_timer_if_sooner(tube, deadline)
 
     def _remove_delayed(self, job: Job) -> None:
-        job.entry = None
         job.tube.delayed_count -= 1
         self.delayed_count -= 1
 
     def _make_buried(self, job: Job) -> None:
-        job.state = JobState.BURIED
+        job.state = BURIED
         job.deadline_at = 0
         job.tube.buried[job.id] = job
         self.buried_count += 1
@@ -371,10 +511,9 @@ class ServerState:
         self.buried_count -= 1
 
     def _reserve(self, session: Session, job: Job, now: int) -> None:
-        job.state = JobState.RESERVED
+        job.state = RESERVED
         job.deadline_at = deadline = now + job.ttr * SECOND
-        job.holder = session
-        job.reserves += 1
+        job.packed = bumped(job.packed, RESERVES)
         job.tube.reserved_count += 1
         self.reserved_count += 1
         session.reserved[job.id] = job
@@ -386,29 +525,23 @@ class ServerState:
             session.soonest = job
         self._set_timer_if_sooner(session, deadline)
 
-    def _unreserve(self, job: Job) -> None:
-        """Take a reserved job from its holder (the caller clears ``reserved`` itself)."""
-        session = job.holder
-        job.holder = None
+    def _unreserve(self, session: Session, job: Job) -> None:
+        """Count a reserved job out (the caller takes it out of ``session.reserved``)."""
         job.tube.reserved_count -= 1
         self.reserved_count -= 1
-        if session is not None and session.soonest is job:
+        if session.soonest is job:
             session.soonest = None
 
     def _detach(self, job: Job) -> None:
-        """Take a job out of whatever queue holds it."""
+        """Take a ready, delayed or buried job out of its queue."""
         state = job.state
-        if state is JobState.READY:
+        if state is READY:
             self._remove_ready(job)
-        elif state is JobState.DELAYED:
+            job.tube.rebuild_ready_if_stale(self.jobs)
+        elif state is DELAYED:
             self._remove_delayed(job)
-        elif state is JobState.BURIED:
-            self._remove_buried(job)
         else:
-            session = job.holder
-            assert session is not None  # a reserved job always has a holder
-            del session.reserved[job.id]
-            self._unreserve(job)
+            self._remove_buried(job)
 
     # Reserving
 
@@ -423,7 +556,7 @@ class ServerState:
         now = self.clock()
         job = self._best_ready(session)
         if job is not None:
-            heapq.heappop(job.tube.ready)  # the job is the top of its tube's heap
+            job.tube.pop_ready(job)
             self._remove_ready(job)
             self._reserve(session, job, now)
             return job
@@ -434,7 +567,7 @@ class ServerState:
         session.waiting = True
         self.waiting_count += 1
         session.wait_deadline = now + timeout * SECOND if timeout and timeout > 0 else None
-        for tube in session.watched:
+        for tube in session.watched.items:
             tube.waiting[session] = None
         when = self._session_tick_at(session)
         if when is not None:
@@ -443,9 +576,10 @@ class ServerState:
 
     def _best_ready(self, session: Session) -> Job | None:
         best: Job | None = None
-        for tube in session.watched:
+        jobs = self.jobs
+        for tube in session.watched.items:
             if tube.ready_count and not tube.pause:
-                job = tube.top_ready()
+                job = tube.top_ready(jobs)
                 if job is not None and (
                     best is None or (job.priority, job.id) < (best.priority, best.id)
                 ):
@@ -460,18 +594,19 @@ class ServerState:
         session.waiting = False
         session.wait_deadline = None
         self.waiting_count -= 1
-        for tube in session.watched:
+        for tube in session.watched.items:
             del tube.waiting[session]
 
     def _serve_waiters(self, tube: Tube) -> None:
         """Hand the tube's best ready jobs to the sessions waiting on it."""
         now = self.clock()
+        jobs = self.jobs
         while tube.waiting and tube.ready_count:
-            job = tube.top_ready()
+            job = tube.top_ready(jobs)
             assert job is not None  # ready_count counts live entries
             session = next(iter(tube.waiting))
             self._stop_waiting(session)
-            heapq.heappop(tube.ready)
+            tube.pop_ready(job)
             self._remove_ready(job)
             self._reserve(session, job, now)
             session.wake(reserved(job.id, job.body))
@@ -485,7 +620,7 @@ class ServerState:
     def reserve_job(self, session: Session, job_id: int) -> Job | None:
         """``reserve-job``: take any job that is not reserved, ignoring tube and pause."""
         job = self.jobs.get(job_id)
-        if job is None or job.state is JobState.RESERVED:
+        if job is None or job.state is RESERVED:
             return None
         self._set_worker(session)
         self._detach(job)
@@ -506,11 +641,19 @@ class ServerState:
     # Commands on one job
 
     def delete(self, session: Session, job_id: int) -> bool:
-        """Delete a job that is not reserved by another session."""
+        """Delete a job that is not reserved by another session.
+
+        Never raises LogFullError: a put keeps room in the log for its delete.
+        """
         job = self.jobs.get(job_id)
-        if job is None or (job.state is JobState.RESERVED and job.holder is not session):
+        if job is None:
             return False
-        self._detach(job)
+        if job.state is RESERVED:
+            if session.reserved.pop(job_id, None) is None:
+                return False
+            self._unreserve(session, job)
+        else:
+            self._detach(job)
         del self.jobs[job_id]
         job.tube.cmd_delete += 1
         if self.binlog is not None:
@@ -519,14 +662,18 @@ class ServerState:
         return True
 
     def release(self, session: Session, job_id: int, priority: int, delay: int) -> bool:
-        """Give back a job the session holds, with a new priority, ready or delayed."""
-        job = session.reserved.pop(job_id, None)
+        """Give back a job the session holds, with a new priority, ready or delayed.
+
+        Raises LogFullError (the job stays reserved) when the log has no room.
+        """
+        job = session.reserved.get(job_id)
         if job is None:
             return False
-        self._unreserve(job)
+        self._reserve_update()
+        del session.reserved[job_id]
+        self._unreserve(session, job)
         job.priority = priority
-        job.delay = delay
-        job.releases += 1
+        job.packed = bumped(with_delay(job.packed, delay), RELEASES)
         if delay:
             self._make_delayed(job, self.clock() + delay * SECOND)
         else:
@@ -536,13 +683,18 @@ class ServerState:
         return True
 
     def bury(self, session: Session, job_id: int, priority: int) -> bool:
-        """Bury a job the session holds, with a new priority."""
-        job = session.reserved.pop(job_id, None)
+        """Bury a job the session holds, with a new priority.
+
+        Raises LogFullError (the job stays reserved) when the log has no room.
+        """
+        job = session.reserved.get(job_id)
         if job is None:
             return False
-        self._unreserve(job)
+        self._reserve_update()
+        del session.reserved[job_id]
+        self._unreserve(session, job)
         job.priority = priority
-        job.buries += 1
+        job.packed = bumped(job.packed, BURIES)
         self._make_buried(job)
         if self.binlog is not None:
             self.binlog.update(job)
@@ -560,27 +712,33 @@ class ServerState:
         return True
 
     def _kick(self, job: Job) -> None:
-        if job.state is JobState.BURIED:
+        if job.state is BURIED:
             self._remove_buried(job)
         else:
             self._remove_delayed(job)
-        job.kicks += 1
+        job.packed = bumped(job.packed, KICKS)
         self._make_ready(job)
         if self.binlog is not None:
             self.binlog.update(job)
 
     def kick(self, session: Session, bound: int) -> int:
-        """Kick up to ``bound`` buried jobs of the used tube, or delayed ones if none is buried."""
+        """Kick up to ``bound`` buried jobs of the used tube, or delayed ones if none is buried.
+
+        Stops early, as beanstalkd does, when the log has no room for another record.
+        """
         tube = session.use
         count = 0
+        binlog = self.binlog
         if tube.buried:
             while count < bound and tube.buried:
+                if binlog is not None and not binlog.reserve_update():
+                    break
                 self._kick(next(iter(tube.buried.values())))
                 count += 1
         else:
             while count < bound:
-                job = tube.top_delayed()
-                if job is None:
+                job = tube.top_delayed(self.jobs)
+                if job is None or (binlog is not None and not binlog.reserve_update()):
                     break
                 heapq.heappop(tube.delayed)
                 self._kick(job)
@@ -588,20 +746,24 @@ class ServerState:
         return count
 
     def kick_job(self, job_id: int) -> bool:
-        """Kick one buried or delayed job, in any tube."""
+        """Kick one buried or delayed job, in any tube.
+
+        Raises LogFullError when the log has no room.
+        """
         job = self.jobs.get(job_id)
-        if job is None or job.state not in (JobState.BURIED, JobState.DELAYED):
+        if job is None or job.state not in (BURIED, DELAYED):
             return False
+        self._reserve_update()
         self._kick(job)
         return True
 
     def peek_ready(self, session: Session) -> Job | None:
         """The used tube's next ready job (pause ignored)."""
-        return session.use.top_ready()
+        return session.use.top_ready(self.jobs)
 
     def peek_delayed(self, session: Session) -> Job | None:
         """The used tube's delayed job due first."""
-        return session.use.top_delayed()
+        return session.use.top_delayed(self.jobs)
 
     def peek_buried(self, session: Session) -> Job | None:
         """The used tube's oldest buried job."""
@@ -609,10 +771,14 @@ class ServerState:
         return next(iter(buried.values())) if buried else None
 
     def pause_tube(self, name: bytes, delay: int) -> bool:
-        """Pause an existing tube for ``delay`` seconds (0 ends a pause almost at once)."""
+        """Pause an existing tube for ``delay`` seconds (0 ends a pause almost at once).
+
+        Raises LogFullError when the log has no room for the pause.
+        """
         tube = self.tubes.get(name)
         if tube is None:
             return False
+        self._reserve_update()
         tube.pause = delay * SECOND or 1
         tube.unpause_at = self.clock() + tube.pause
         tube.cmd_pause_tube += 1
@@ -695,8 +861,8 @@ class ServerState:
         expired = [job for job in session.reserved.values() if job.deadline_at <= now]
         for job in expired:
             del session.reserved[job.id]
-            self._unreserve(job)
-            job.timeouts += 1
+            self._unreserve(session, job)
+            job.packed = bumped(job.packed, TIMEOUTS)
             self.job_timeouts += 1
             self._make_ready(job)
         if reply is not None:
@@ -709,8 +875,9 @@ class ServerState:
         if tube.pause and tube.unpause_at <= now:
             tube.pause = 0
             tube.unpause_at = 0
+        jobs = self.jobs
         while True:
-            job = tube.top_delayed()
+            job = tube.top_delayed(jobs)
             if job is None or job.deadline_at > now:
                 break
             heapq.heappop(tube.delayed)
@@ -718,7 +885,7 @@ class ServerState:
             self._make_ready(job)
         if tube.waiting and tube.ready_count and not tube.pause:
             self._serve_waiters(tube)
-        job = tube.top_delayed()
+        job = tube.top_delayed(jobs)
         when = job.deadline_at if job is not None else None
         if tube.pause:
             when = tube.unpause_at if when is None else min(when, tube.unpause_at)
@@ -728,45 +895,69 @@ class ServerState:
     # Recovery
 
     def recover(self, recovery: Recovery) -> None:
-        """Rebuild the jobs and pauses a binlog replayed, and log them afresh."""
+        """Take in the jobs and pauses a binlog replayed (before any session opens).
+
+        The recovered jobs dict becomes this state's ``jobs`` (the log keeps
+        it too, to find the live jobs of its old files); their ``tube`` is a
+        name until here. Nothing is logged again: the jobs stay in the files
+        that hold them.
+        """
         now = self.clock()
-        for record in recovery.jobs:
-            tube = self.tube(record.tube)
-            job = Job(
-                record.id,
-                tube,
-                record.priority,
-                record.delay,
-                record.ttr,
-                record.body,
-                record.created_at,
-            )
-            job.reserves = record.reserves
-            job.timeouts = record.timeouts
-            job.releases = record.releases
-            job.buries = record.buries
-            job.kicks = record.kicks
-            self.jobs[job.id] = job
-            if record.state is JobState.BURIED:
-                self._make_buried(job)
-            elif record.state is JobState.DELAYED and record.deadline_at > now:
-                self._make_delayed(job, record.deadline_at)
+        if self.jobs:
+            raise RuntimeError("recover() needs a state without jobs")
+        self.jobs = jobs = recovery.jobs
+        buried: list[Job] = []
+        last: Tube | None = None
+        for job in jobs.values():
+            name = job.tube
+            if last is None or last.name != name:
+                last = self.tube(name)
+            job.tube = last
+            state = job.state
+            if state is READY or (state is DELAYED and job.deadline_at <= now):
+                self._count_ready(job, last)
+            elif state is DELAYED:
+                last.delayed.append((job.deadline_at, job.id))
+                last.delayed_count += 1
+                self.delayed_count += 1
             else:
-                self._make_ready(job)
-            if self.binlog is not None:
-                self.binlog.put(job)
+                buried.append(job)
+        buried.sort(key=_job_id)
+        for job in buried:
+            self._make_buried(job)
+        for tube in self._tube_order.items:
+            for ids in tube.ready.values():
+                heapq.heapify(ids)
+            heapq.heapify(tube.priorities)
+            if tube.delayed:
+                heapq.heapify(tube.delayed)
+                self._set_timer_if_sooner(tube, tube.delayed[0][0])
         for pause in recovery.pauses:
             paused = self.tubes.get(pause.tube)
             if paused is not None and pause.unpause_at > now:
-                tube = paused
-                tube.pause = pause.pause * SECOND or 1
-                tube.unpause_at = pause.unpause_at
-                self._set_timer_if_sooner(tube, tube.unpause_at)
-                if self.binlog is not None:
-                    self.binlog.pause(tube.name, pause.pause, pause.unpause_at)
+                paused.pause = pause.pause * SECOND or 1
+                paused.unpause_at = pause.unpause_at
+                self._set_timer_if_sooner(paused, paused.unpause_at)
         self.next_id = max(self.next_id, recovery.max_id + 1)
-        for tube in list(self.tubes.values()):
+        for tube in list(self._tube_order.items):
             self._drop_if_unused(tube)
+
+    def _count_ready(self, job: Job, tube: Tube) -> None:
+        """Make a recovered job ready; its heap is put in order afterwards."""
+        job.state = READY
+        job.deadline_at = 0
+        ids = tube.ready.get(job.priority)
+        if ids is None:
+            tube.ready[job.priority] = [job.id]
+            tube.priorities.append(job.priority)
+        else:
+            ids.append(job.id)
+        tube.ready_entries += 1
+        tube.ready_count += 1
+        self.ready_count += 1
+        if job.priority < URGENT_PRIORITY:
+            tube.urgent_count += 1
+            self.urgent_count += 1
 
     # Inspection
 
@@ -775,33 +966,13 @@ class ServerState:
         return self.jobs.get(job_id)
 
     def iter_tubes(self) -> Iterator[Tube]:
-        """Every tube, in creation order."""
-        return iter(self.tubes.values())
+        """Every tube, in beanstalkd's order."""
+        return iter(self._tube_order.items)
 
 
-def _rebuilt(heap: list[HeapEntry]) -> list[HeapEntry]:
-    live = [entry for entry in heap if entry[2].entry is entry]
-    heapq.heapify(live)
-    return live
+def _job_id(job: Job) -> int:
+    return job.id
 
 
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-def _swap_remove(items: dict[K, V], key: K) -> dict[K, V]:
-    """Remove ``key`` the way beanstalkd removes from its arrays: the last item takes its place.
-
-    This keeps ``list-tubes`` and ``list-tubes-watched`` in beanstalkd's
-    order. Changes ``items`` in place, and returns it.
-    """
-    last = next(reversed(items))
-    if last == key:
-        del items[key]
-        return items
-    keys = list(items)
-    keys[keys.index(key)] = keys.pop()
-    values = {k: items[k] for k in keys}
-    items.clear()
-    items.update(values)
-    return items
+def _ignore_reply(reply: bytes) -> None:
+    pass
