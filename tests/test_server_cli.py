@@ -21,7 +21,7 @@ import greenstalk
 from greenstalk.server import cli
 from greenstalk.server.binlog import Binlog
 from greenstalk.server.cli import Options, UsageError, main, parse_args
-from greenstalk.server.net import bind_unix
+from greenstalk.server.net import bind_unix, describe_socket
 from greenstalk.testing import ServerProcess
 
 
@@ -201,10 +201,10 @@ def test_the_listening_address_is_written_as_people_write_it(
 ) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        assert cli.socket_address(sock) == f"127.0.0.1:{sock.getsockname()[1]}"
+        assert describe_socket(sock) == f"127.0.0.1:{sock.getsockname()[1]}"
     with socket.socket(socket.AF_INET6) as sock:
         sock.bind(("::1", 0))
-        assert cli.socket_address(sock) == f"[::1]:{sock.getsockname()[1]}"
+        assert describe_socket(sock) == f"[::1]:{sock.getsockname()[1]}"
 
 
 def test_a_clean_stop_removes_the_socket_file(tmp_path: Path) -> None:

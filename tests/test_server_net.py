@@ -419,26 +419,35 @@ def test_the_poll_fallback_serves_the_same(monkeypatch: pytest.MonkeyPatch) -> N
             client.reserve(timeout=0)
 
 
-def test_a_failing_log_write_warns_and_is_retried(
+def test_a_reply_waits_until_its_record_is_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    options = Options(binlog_dir=str(tmp_path), fsync_ms=0)
+    """Issue 9: puts whose records could not be written were answered INSERTED all the same."""
+    options = Options(binlog_dir=str(tmp_path), fsync_ms=None)
     with greenstalkd(options) as server, greenstalk.Client(address_of(server)) as client:
         binlog = server.binlog
         assert binlog is not None
         real_flush = binlog.flush
         failures = [BinlogError("disk full")] * 2
+        written_before_reply = []
 
         def flush() -> None:
             if failures:
                 raise failures.pop()
             real_flush()
+            written_before_reply.append(binlog.written)
 
         binlog.flush = flush  # type: ignore[method-assign]
+        started = time.monotonic()
         assert client.put(b"first") == 1
+        # Two failed writes, each retried 0.1 s later, before the reply.
+        assert time.monotonic() - started >= 0.2
+        assert written_before_reply
         assert client.put(b"second") == 2
         assert client.put(b"third") == 3
-    assert capsys.readouterr().err.count("cannot write the binlog") == 1
+    err = capsys.readouterr().err
+    assert err.count("cannot write the log") == 1
+    assert err.count("the log is written again") == 1
     with (
         run_greenstalkd(args=["-b", str(tmp_path)]) as restarted,
         greenstalk.Client(restarted.address) as client,

@@ -248,6 +248,16 @@ class Binlog:
         """Bytes appended since open: a reply after a record waits until they are written."""
         return self.written + len(self._buf)
 
+    @property
+    def durable(self) -> int:
+        """How far a reply may rely on the log: what is written, and with ``-f 0`` synced."""
+        return self.synced if self.sync_every_reply else self.written
+
+    @property
+    def syncing(self) -> bool:
+        """True from :meth:`start_background_sync` until its result is taken."""
+        return self._syncer is not None and self._syncer.busy
+
     # Opening and closing
 
     def open(self) -> Recovery:
@@ -277,7 +287,15 @@ class Binlog:
             needed = next((old for old in seqs if self._counts[old]), seq)
             self._gone = max(self._gone, needed)
             fd = self._create(seq)
-            self._start_file(fd, seq, self._allocate_new(fd))
+            try:
+                self._start_file(fd, seq, self._allocate_new(fd))
+            except BaseException:
+                # Leave no empty file behind: a disk too full to start leaves the log as it was.
+                os.close(fd)
+                self._fd = -1
+                with contextlib.suppress(OSError):
+                    os.unlink(self._path(seq))
+                raise
             self._collect()
         except BaseException:
             self._release()
@@ -565,7 +583,7 @@ class Binlog:
         return self._syncer.start(self._fd, self.written, done)
 
     def finish_background_sync(self) -> None:
-        """Take the result of a background fsync that has ended.
+        """Take the result of a background fsync that has ended (if none has, do nothing).
 
         Raises BinlogError if it failed.
         """
@@ -815,6 +833,11 @@ class _Syncer:
     def wait(self) -> None:
         """Block until no fsync is running."""
         self._idle.wait()
+
+    @property
+    def busy(self) -> bool:
+        """True while an fsync runs or its outcome waits to be taken."""
+        return self._running or self._outcome is not None
 
     def take(self) -> int | OSError | None:
         """The position the last fsync covers (or its error), once; None if none ended."""

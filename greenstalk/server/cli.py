@@ -30,7 +30,7 @@ from .. import __version__
 from .._address import describe_address
 from .binlog import Binlog, BinlogError, BinlogLockedError
 from .connection import VERSION, ServerInfo
-from .net import Server, bind_tcp, bind_unix
+from .net import Server, bind_tcp, bind_unix, describe_socket
 from .state import ServerState
 
 DEFAULT_PORT = 11300
@@ -222,10 +222,10 @@ def serve(options: Options, sock: socket.socket, log: TextIO = sys.stderr) -> No
     """Run greenstalkd on ``sock`` until SIGTERM or SIGINT; SIGUSR1 turns on drain mode.
 
     Raises :class:`~greenstalk.server.binlog.BinlogError` when the binlog
-    cannot be opened.
+    cannot be opened, or when the server stopped because an fsync failed.
     """
     state, info, binlog = make_state(options, log)
-    server = Server(state, info, binlog)
+    server = Server(state, info, binlog, manage_gc=True)
     server.listen(sock)
     # The handlers run on this thread between two steps of the loop. A signal
     # that the kernel hands to another thread of this process must still end
@@ -235,7 +235,7 @@ def serve(options: Options, sock: socket.socket, log: TextIO = sys.stderr) -> No
         signal.signal(signum, lambda signum, frame: server.stop())
     previous_wakeup_fd = signal.set_wakeup_fd(server.wakeup_fd(), warn_on_full_buffer=False)
     if options.verbosity:
-        print(f"greenstalkd: listening on {socket_address(sock)}", file=log)
+        print(f"greenstalkd: listening on {describe_socket(sock)}", file=log)
     try:
         server.run()
     finally:
@@ -243,14 +243,8 @@ def serve(options: Options, sock: socket.socket, log: TextIO = sys.stderr) -> No
         server.close()
         if binlog is not None:
             binlog.close()
-
-
-def socket_address(sock: socket.socket) -> str:
-    """Where ``sock`` listens, as people write it: ``host:port`` or ``unix:PATH``."""
-    name = sock.getsockname()
-    if sock.family == socket.AF_UNIX:
-        return describe_address(name if isinstance(name, str) else name.decode())
-    return describe_address((str(name[0]), int(name[1])))
+    if server.failure is not None:
+        raise server.failure
 
 
 def _wanted_address(options: Options) -> str:
@@ -290,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Our own socket file goes when we stop (not one handed to us by activation).
     unix_path = None
     if sock.family == socket.AF_UNIX and not activated:
-        unix_path = socket_address(sock)[len("unix:") :]
+        unix_path = describe_socket(sock)[len("unix:") :]
     try:
         with sock:
             if parsed.user is not None:
