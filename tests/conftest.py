@@ -7,8 +7,11 @@ against one server only.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import subprocess
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -121,3 +124,32 @@ def make_client(
 def client(make_client: MakeClient) -> greenstalk.Client[bytes]:
     """A bytes client connected to this test's server."""
     return make_client()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB file system of its own: a tmpfs mounted for the test (tests run as root, as CI)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def fill(path: Path) -> Path:
+    """Fill the file system of ``path`` to the last byte; returns the filler file."""
+    filler = path / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            try:
+                os.write(fd, bytes(4096))
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                break
+    finally:
+        os.close(fd)
+    return filler

@@ -17,7 +17,6 @@ import sys
 import tempfile
 import threading
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +35,8 @@ from greenstalk.server.binlog import (
     record_room,
 )
 from greenstalk.server.job import Job, JobState
+
+from .conftest import fill
 
 SECOND = 1_000_000_000
 START = 1_700_000_000 * SECOND
@@ -863,35 +864,6 @@ def test_a_rotation_syncs_the_full_file_first(tmp_path: Path, fsyncs: list[int])
 
 
 # Room: a real full disk
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 3 MiB tmpfs of its own (the tests run as root; CI does)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
-def fill(path: Path) -> Path:
-    """Fill the file system of ``path`` to the last byte; returns the filler file."""
-    filler = path / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            try:
-                os.write(fd, bytes(4096))
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                break
-    finally:
-        os.close(fd)
-    return filler
 
 
 def test_a_full_disk_refuses_puts_then_recovers(small_disk: Path) -> None:

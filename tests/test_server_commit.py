@@ -8,7 +8,6 @@ written is never answered ``INSERTED``; a full disk is answered
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import gc
 import os
@@ -16,39 +15,18 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import greenstalk
-from greenstalk.server.cli import Options, make_state
-from greenstalk.server.net import Server, bind_tcp, run_in_thread
+from greenstalk.server.cli import Options
+from greenstalk.server.net import Server, bind_tcp
 from greenstalk.testing import run_server
 
-
-@contextlib.contextmanager
-def greenstalkd(options: Options, manage_gc: bool = False) -> Iterator[Server]:
-    state, info, binlog = make_state(options)
-    server = Server(state, info, binlog, manage_gc=manage_gc)
-    server.listen(bind_tcp("127.0.0.1", 0))
-    thread = run_in_thread(server)
-    try:
-        yield server
-    finally:
-        server.stop()
-        thread.join(10)
-        server.close()
-        if binlog is not None:
-            with contextlib.suppress(Exception):
-                binlog.close()
-
-
-def address_of(server: Server) -> tuple[str, int]:
-    (sock,) = server._listeners.values()
-    host, port = sock.getsockname()[:2]
-    return host, port
+from .conftest import fill
+from .test_server_net import address_of, greenstalkd
 
 
 class SyncCounter:
@@ -134,35 +112,8 @@ def test_a_failed_fsync_stops_the_server_and_acknowledges_nothing(
             client.put(b"never acknowledged")
         assert server.failure is not None
         assert "cannot fsync" in str(server.failure)
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 3 MiB tmpfs of its own (the tests run as root, as CI does)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
-def fill(path: Path) -> Path:
-    """Fill the file system of ``path`` to the last byte; returns the filler file."""
-    filler = path / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while True:
-            try:
-                os.write(fd, bytes(4096))
-            except OSError as exc:
-                if exc.errno != errno.ENOSPC:
-                    raise
-                break
-    finally:
-        os.close(fd)
-    return filler
+        # The disk works again by the time the log is closed.
+        monkeypatch.undo()
 
 
 @pytest.mark.parametrize("fsync", [["-f", "0"], ["-f", "50"], ["-F"]])

@@ -33,9 +33,9 @@ T = TypeVar("T")
 
 
 @contextlib.contextmanager
-def greenstalkd(options: Options | None = None) -> Iterator[Server]:
+def greenstalkd(options: Options | None = None, manage_gc: bool = False) -> Iterator[Server]:
     state, info, binlog = make_state(options or Options())
-    server = Server(state, info, binlog)
+    server = Server(state, info, binlog, manage_gc=manage_gc)
     server.listen(bind_tcp("127.0.0.1", 0))
     thread = run_in_thread(server)
     try:
