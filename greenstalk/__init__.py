@@ -1,6 +1,26 @@
-"""greenstalk: a fast, careful Python client for the beanstalkd work queue."""
+"""greenstalk: a fast, careful Python client for the beanstalkd work queue.
+
+``Client``, ``Worker`` and ``WorkerJob`` are imported on first use, so that
+``import greenstalk.aio`` does not load the blocking client and worker.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from ._address import address_from_environment, describe_address, parse_address
+from ._base import (
+    DEFAULT_DELAY,
+    DEFAULT_PRIORITY,
+    DEFAULT_TTR,
+    DEFAULT_TUBE,
+    Address,
+    ConnectionTarget,
+    Job,
+    JobOrID,
+    TBody,
+)
 from ._protocol.errors import (
     BadFormatError,
     BeanstalkdError,
@@ -25,19 +45,30 @@ from ._protocol.errors import (
     UnknownResponseError,
 )
 from ._protocol.stats import Stats, StatsJob, StatsTube
-from .client import (
-    DEFAULT_DELAY,
-    DEFAULT_PRIORITY,
-    DEFAULT_TTR,
-    DEFAULT_TUBE,
-    Address,
-    Client,
-    ConnectionTarget,
-    Job,
-    JobOrID,
-    TBody,
-)
-from .worker import Worker, WorkerJob
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .worker import Worker, WorkerJob
+
+# The names of the blocking side, and the modules that define them.
+_ON_FIRST_USE = {"Client": "client", "Worker": "worker", "WorkerJob": "worker"}
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``Client``, ``Worker`` or ``WorkerJob`` when first asked for.
+
+    Raises AttributeError for any other missing name.
+    """
+    module = _ON_FIRST_USE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_ON_FIRST_USE))
 
 __version__ = "3.0.0.dev0"
 
