@@ -41,24 +41,35 @@ Where = Union[tuple[str, int], str]
 
 
 class Job(Generic[TBody]):
-    """A job: its id and its body (``bytes``, or ``str`` when the client has an encoding)."""
+    """A job: its id and its body (``bytes``, or ``str`` when the client has an encoding).
 
-    __slots__ = ("body", "id")
+    ``address`` is the server the job lives on when it came through a
+    :class:`~greenstalk.Pool` (None from a plain client). Job ids are only
+    unique on one server, so two jobs are equal when their ids, bodies and
+    servers are.
+    """
 
-    def __init__(self, id: int, body: TBody) -> None:
+    __slots__ = ("address", "body", "id")
+
+    def __init__(self, id: int, body: TBody, address: Where | None = None) -> None:
         self.id: int = id
         self.body: TBody = body
+        self.address: Where | None = address
 
     def __repr__(self) -> str:
-        return f"greenstalk.Job(id={self.id!r}, body={self.body!r})"
+        if self.address is None:
+            return f"greenstalk.Job(id={self.id!r}, body={self.body!r})"
+        return f"greenstalk.Job(id={self.id!r}, body={self.body!r}, address={self.address!r})"
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Job):
             return NotImplemented
-        return bool(self.id == other.id and self.body == other.body)
+        return bool(
+            self.id == other.id and self.body == other.body and self.address == other.address
+        )
 
     def __hash__(self) -> int:
-        return hash((Job, self.id))
+        return hash((Job, self.id, self.address))
 
 
 JobOrID = Union[Job[Any], int]
