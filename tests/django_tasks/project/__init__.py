@@ -1,0 +1,1 @@
+"""The small Django project the tests run: settings and tasks."""
