@@ -1,0 +1,1 @@
+"""A Celery application whose workers the tests run as real ``celery worker`` processes."""
