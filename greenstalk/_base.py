@@ -97,7 +97,12 @@ class ClientBase(Generic[TBody]):
     _as_is: bool
 
     def __init__(
-        self, address: Address, encoding: str | None, use: str, watch: str | Iterable[str]
+        self,
+        address: Address,
+        encoding: str | None,
+        use: str,
+        watch: str | Iterable[str],
+        reconnect: bool = False,
     ) -> None:
         """Check the arguments; raises ValueError, TypeError or LookupError."""
         if encoding is not None:
@@ -105,8 +110,19 @@ class ClientBase(Generic[TBody]):
         watch_list = [watch] if isinstance(watch, str) else list(watch)
         if not watch_list:
             raise ValueError("watch must name at least one tube")
-        #: The commands that give a new connection its used tube and watch list.
+        if reconnect and isinstance(address, socket.socket):
+            raise ValueError("reconnect needs an address to connect to, not a socket")
+        #: The commands that give the first connection its used tube and watch list.
         self._setup = setup_requests(use, watch_list)
+        #: The used tube and the watch list, as the server last confirmed
+        #: them: what a new connection is given.
+        self._used = use
+        self._watched = list(dict.fromkeys(watch_list))
+        self._reconnect = reconnect
+        #: How many times the client has connected again after losing its
+        #: connection (``reconnect=True``); 0 at first. Jobs reserved before a
+        #: reconnect are no longer held by this client: the server released them.
+        self.reconnects = 0
         self.address = address
         self.encoding = encoding
         self._closed_reason = ""
@@ -129,6 +145,37 @@ class ClientBase(Generic[TBody]):
         if timeout is None or timeout > commands.RESERVE_TIMEOUT_MAX:
             return None
         return timeout + self._timeout
+
+    def _setup_requests(self) -> list[Request[Any]]:
+        """The commands that give a new connection the used tube and watch list."""
+        return setup_requests(self._used, self._watched)
+
+    def _use_request(self, tube: str) -> Request[str]:
+        """``use tube``; once the server accepts it, new connections use ``tube`` too."""
+        data, parse = commands.use(tube)
+
+        def parse_and_remember(reply: Reply) -> str:
+            used = parse(reply)
+            self._used = tube
+            return used
+
+        return data, parse_and_remember
+
+    def _watch_request(self, tube: str, watch: bool) -> Request[int]:
+        """``watch tube`` (``ignore tube`` when not ``watch``), remembered once accepted."""
+        data, parse = commands.watch(tube) if watch else commands.ignore(tube)
+
+        def parse_and_remember(reply: Reply) -> int:
+            count = parse(reply)
+            watched = self._watched
+            if not watch:
+                if tube in watched:
+                    watched.remove(tube)
+            elif tube not in watched:
+                watched.append(tube)
+            return count
+
+        return data, parse_and_remember
 
     def _check_setup(self, results: list[Any]) -> None:
         """Raise the first server error among the results of the set-up commands."""

@@ -20,19 +20,26 @@ meantime is never sent.
 ``socket_timeout`` bounds how long the server may take to answer a command
 once the commands before it are answered: past it the connection is closed
 and every waiting call raises :class:`~greenstalk.ClientTimeoutError`.
+
+When a connection fails, the calls whose commands were still held back or
+waiting to be written raise :class:`~greenstalk.CommandNotSentError`: they
+never reached the server. With ``reconnect=True`` they are sent once more,
+on a new connection, which the calls waiting for it share.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import select
 import socket
 import ssl as _ssl
 from collections import deque
 from collections.abc import Iterable
 from functools import partial
+from itertools import chain
 from types import TracebackType
-from typing import Any, Callable, NoReturn, cast, overload
+from typing import Any, Callable, cast, overload
 
 from ._base import (
     DEFAULT_DELAY,
@@ -46,6 +53,7 @@ from ._base import (
     T,
     TBody,
     connect_failure,
+    describe_where,
     job_id,
     name_refusals,
     open_socket,
@@ -57,6 +65,7 @@ from ._protocol.errors import (
     BeanstalkdError,
     ClientConnectionError,
     ClientTimeoutError,
+    CommandNotSentError,
     ProtocolError,
     PutManyError,
     name_command,
@@ -100,6 +109,9 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 
 _RECEIVE_SIZE = 65536
 _SOCKET_TIMEOUT: Any = object()
+# What poll() reports of a connection the server has closed (POLLRDHUP: its
+# FIN, on Linux) or reset (POLLHUP and POLLERR are always reported).
+_PEER_CLOSED = getattr(select, "POLLRDHUP", 0)
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -129,6 +141,8 @@ class _Connection(asyncio.BufferedProtocol):
         self.timer: asyncio.TimerHandle | None = None
         #: The task that opens the transport, while it runs.
         self.connecting: asyncio.Future[None] | None = None
+        #: With reconnect on: polls the socket for the server's close.
+        self.poller: select.poll | None = None
 
     # -- asyncio.BufferedProtocol ----------------------------------------------
 
@@ -190,6 +204,11 @@ class _Connection(asyncio.BufferedProtocol):
             self.fail(ProtocolError("the server sent bytes that answer no command"))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            # Python 3.9's TLS transport is not marked closed when its
+            # connection is lost, and warns (ResourceWarning) when collected.
+            transport.abort()
         self.transport = None
         if exc is not None:
             error = ClientConnectionError(f"connection to the server failed: {exc}")
@@ -323,14 +342,38 @@ class _Connection(asyncio.BufferedProtocol):
             self.timer = None
         if self.transport is not None:
             self.transport.abort()
-        entries = list(self.pending) + [entry for _, entry in self.held or ()]
+        error = self.error
+        # The last entries sent are those whose bytes still wait to be
+        # written, and the held ones come after: those never went out.
+        written = list(self.pending)[: len(self.pending) - len(self.outgoing)]
+        unsent = list(self.pending)[len(written) :] + [entry for _, entry in self.held or ()]
+        self.outgoing.clear()
         self.pending.clear()
         self.held = None
-        for entry in entries:
+        for entry in written:
             if not entry.future.done():
-                entry.future.set_exception(self.error)
+                entry.future.set_exception(error)
+        if unsent:
+            not_sent = error
+            if not isinstance(error, CommandNotSentError):
+                not_sent = CommandNotSentError(str(error))
+                not_sent.__cause__ = error
+            for entry in unsent:
+                if not entry.future.done():
+                    entry.future.set_exception(not_sent)
         if self.writable is not None and not self.writable.done():
             self.writable.set_result(None)
+
+    def peer_closed(self) -> bool:
+        """Whether the server has closed or reset this idle connection, as asyncio will soon say.
+
+        Costs one poll(). A connection with replies to come is taken as open.
+        """
+        poller = self.poller
+        if poller is None or self.pending or not poller.poll(0):
+            return False
+        self.fail(self.reader.closed_error())
+        return True
 
     def _flush(self) -> None:
         self.flush_scheduled = False
@@ -378,6 +421,26 @@ class _Connection(asyncio.BufferedProtocol):
         stats.future.add_done_callback(release)
 
 
+def _still_unsent(
+    connection: _Connection,
+    unsent: list[Request[T]] | None,
+    data: list[bytes],
+    parsers: list[Callable[[Reply], Any]],
+) -> list[Request[T]] | None:
+    """Add the commands just sent (``data``, ``parsers``) to ``unsent`` while none went out.
+
+    Returns None, and empties ``unsent``, once ``connection`` has handed the
+    commands to its transport: from then on they cannot be sent again.
+    """
+    if unsent is None:
+        return None
+    if connection.held is None and not connection.outgoing:
+        unsent.clear()
+        return None
+    unsent.extend(zip(data, parsers))
+    return unsent
+
+
 class Client(ClientBase[TBody]):
     """An asyncio connection to a beanstalkd server, with the sync client's API.
 
@@ -385,7 +448,7 @@ class Client(ClientBase[TBody]):
     connects in ``async with Client(...) as client:`` (and closes at the end
     of the block), or use ``client = await greenstalk.aio.connect(...)``.
     Every method of the sync client is here as a coroutine with the same
-    arguments, results and errors.
+    arguments, results and errors, and ``reconnect=True`` works as there.
     """
 
     _name = "greenstalk.aio.Client"
@@ -401,6 +464,7 @@ class Client(ClientBase[TBody]):
         socket_timeout: float | None = None,
         socket_connect_timeout: float | None = None,
         ssl: _ssl.SSLContext | None = None,
+        reconnect: bool = False,
     ) -> None: ...
 
     @overload
@@ -414,6 +478,7 @@ class Client(ClientBase[TBody]):
         socket_timeout: float | None = None,
         socket_connect_timeout: float | None = None,
         ssl: _ssl.SSLContext | None = None,
+        reconnect: bool = False,
     ) -> None: ...
 
     def __init__(
@@ -426,8 +491,9 @@ class Client(ClientBase[TBody]):
         socket_timeout: float | None = None,
         socket_connect_timeout: float | None = None,
         ssl: _ssl.SSLContext | None = None,
+        reconnect: bool = False,
     ) -> None:
-        super().__init__(address, encoding, use, watch)
+        super().__init__(address, encoding, use, watch, reconnect)
         self._timeout = socket_timeout
         self._as_is = False
         if isinstance(address, socket.socket) and ssl is None and socket_timeout is None:
@@ -437,6 +503,13 @@ class Client(ClientBase[TBody]):
         self._connect_timeout = socket_connect_timeout
         self._ssl = ssl
         self._connection: _Connection | None = None
+        #: The connection a command may be sent on without a look first:
+        #: always None with reconnect on, so that every command goes through
+        #: _live's check.
+        self._unchecked: _Connection | None = None
+        #: The new connection being made (reconnect on), shared by the calls
+        #: waiting for it.
+        self._reopening: asyncio.Future[_Connection] | None = None
         self._closed_reason = "not connected: use 'async with' or greenstalk.aio.connect()"
 
     async def __aenter__(self) -> Client[TBody]:
@@ -453,14 +526,25 @@ class Client(ClientBase[TBody]):
 
     @property
     def closed(self) -> bool:
-        """True unless the client is connected and the connection works."""
+        """True unless the client is connected and the connection works.
+
+        With ``reconnect=True`` the next command connects again, unless the
+        client was closed by :meth:`close`.
+        """
         return self._connection is None or self._connection.error is not None
 
     async def close(self) -> None:
         """Close the connection; calls still waiting raise ClientConnectionError.
 
-        Jobs this connection had reserved go back to the ready queue.
+        Jobs this connection had reserved go back to the ready queue. This is
+        final, even with ``reconnect=True``: every later command raises
+        :class:`~greenstalk.CommandNotSentError`.
         """
+        self._reconnect = False
+        reopening = self._reopening
+        if reopening is not None:
+            reopening.cancel()
+            await asyncio.wait([reopening])
         connection = self._connection
         if connection is None:
             return
@@ -485,9 +569,25 @@ class Client(ClientBase[TBody]):
                 if self._connection.error is None
                 else "the client was closed: make a new one"
             )
-        loop = asyncio.get_running_loop()
-        connection = _Connection(loop)
+        connection = _Connection(asyncio.get_running_loop())
         self._connection = connection
+        await self._connect(connection)
+        if self._setup:
+            try:
+                self._check_setup(await self._pipelined(connection, self._setup, None))
+            except BaseException:
+                await self.close()
+                raise
+        if not self._reconnect:
+            self._unchecked = connection
+
+    async def _connect(self, connection: _Connection) -> None:
+        """Open ``connection``'s transport, within the connect timeout.
+
+        Raises :class:`ClientTimeoutError` or :class:`ClientConnectionError`,
+        having failed ``connection``.
+        """
+        loop = connection.loop
         connecting = asyncio.ensure_future(self._create(loop, connection))
         connection.connecting = connecting
         try:
@@ -506,14 +606,12 @@ class Client(ClientBase[TBody]):
         except BaseException:
             connection.fail(ClientConnectionError("connecting failed"))
             raise
-        if connection.error is not None:  # closed while connecting
+        transport = connection.transport
+        if connection.error is not None or transport is None:  # closed while connecting
             raise ClientConnectionError(f"the connection is closed: {connection.error}")
-        if self._setup:
-            try:
-                self._check_setup(await self._pipeline(self._setup))
-            except BaseException:
-                await self.close()
-                raise
+        if self._reconnect:
+            connection.poller = select.poll()
+            connection.poller.register(transport.get_extra_info("socket").fileno(), _PEER_CLOSED)
 
     async def _create(self, loop: asyncio.AbstractEventLoop, connection: _Connection) -> None:
         address = self.address
@@ -541,18 +639,88 @@ class Client(ClientBase[TBody]):
                 sock.close()
                 raise
 
-    def _live(self) -> _Connection:
+    def _live(self) -> _Connection | None:
+        """The connection to send the next command on; None when a new one must be made first.
+
+        With reconnect on, a connection that failed, or that the server has
+        closed, needs replacing. Raises CommandNotSentError when the client is
+        not connected, or its connection is closed and may not be replaced.
+        """
         connection = self._connection
         if connection is None:
-            raise ClientConnectionError(self._closed_reason)
-        if connection.error is not None:
-            raise ClientConnectionError(f"the connection is closed: {connection.error}")
+            raise CommandNotSentError(self._closed_reason)
+        if not self._reconnect:
+            if connection.error is not None:
+                raise CommandNotSentError(f"the connection is closed: {connection.error}")
+            return connection
+        if connection.error is None and not connection.peer_closed():
+            return connection
+        return None
+
+    async def _reopen(self) -> _Connection:
+        """A new connection with the used tube and watch list, made once for every caller.
+
+        Raises CommandNotSentError, naming the server, when connecting or the
+        set-up fails, or :meth:`close` ends the attempt.
+        """
+        reopening = self._reopening
+        if reopening is None:
+            reopening = self._reopening = asyncio.ensure_future(self._connect_again())
+            reopening.add_done_callback(self._reopened)
+        return await asyncio.shield(reopening)
+
+    def _reopened(self, reopening: asyncio.Future[_Connection]) -> None:
+        self._reopening = None
+        _retrieve(reopening)  # when no caller waits any more
+
+    async def _connect_again(self) -> _Connection:
+        connection = _Connection(asyncio.get_running_loop())
+        try:
+            try:
+                await self._connect(connection)
+            except ClientConnectionError as error:
+                raise CommandNotSentError(str(error)) from error
+            setup = self._setup_requests()
+            if setup:
+                try:
+                    self._check_setup(await self._pipelined(connection, setup, None))
+                except (ClientConnectionError, BeanstalkdError) as error:
+                    connection.fail(
+                        ClientConnectionError(f"setting up the connection failed: {error}")
+                    )
+                    raise CommandNotSentError(
+                        f"reconnected to {describe_where(self._where)}, "
+                        f"but setting up the connection failed: {error}"
+                    ) from error
+        except asyncio.CancelledError:  # by close(): the callers waiting get an error
+            connection.fail(ClientConnectionError("closed by the client"))
+            raise CommandNotSentError("the connection is closed: closed by the client") from None
+        self._connection = connection
+        self.reconnects += 1
         return connection
 
-    def _fail(self, error: ClientConnectionError) -> NoReturn:
-        """Close the connection after ``error`` and raise it."""
-        self._live().fail(error)
-        raise error
+    async def _resend(
+        self,
+        data: bytes,
+        parsers: list[Callable[[Reply], Any]],
+        wait: float | None,
+        error: CommandNotSentError,
+    ) -> list[Any]:
+        """Send once more, on a new connection, commands that never went out (``error``).
+
+        Returns their results. Without reconnect, raises ``error``.
+        """
+        if not self._reconnect:
+            raise error
+        connection = self._live() or await self._reopen()
+        entry = connection.send(data, parsers, wait)
+        try:
+            if connection.writable is not None:
+                await connection.drain()
+            return await entry.future
+        except asyncio.CancelledError:
+            connection.abandon(entry)
+            raise
 
     async def _run(self, request: Request[T], wait: Any = _SOCKET_TIMEOUT) -> T:
         """Send one command and return its parsed reply.
@@ -560,10 +728,12 @@ class Client(ClientBase[TBody]):
         The server gets ``wait`` seconds (by default ``socket_timeout``) to answer.
         """
         data, parse = request
-        connection = self._connection
+        connection = self._unchecked
         if connection is None or connection.error is not None:
-            connection = self._live()  # raises the reason
-        entry = connection.send(data, [parse], self._timeout if wait is _SOCKET_TIMEOUT else wait)
+            connection = self._live() or await self._reopen()
+        if wait is _SOCKET_TIMEOUT:
+            wait = self._timeout
+        entry = connection.send(data, [parse], wait)
         try:
             if connection.writable is not None:
                 await connection.drain()
@@ -571,6 +741,8 @@ class Client(ClientBase[TBody]):
         except asyncio.CancelledError:
             connection.abandon(entry)
             raise
+        except CommandNotSentError as error:
+            result = (await self._resend(data, [parse], wait, error))[0]
         if isinstance(result, BeanstalkdError):
             name_command(result, data)
             raise result
@@ -581,7 +753,33 @@ class Client(ClientBase[TBody]):
 
         A server error reply is returned as its exception, in its place.
         """
-        connection = self._live()
+        connection = self._live() or await self._reopen()
+        pending = iter(requests)
+        unsent: list[Request[T]] = []
+        try:
+            return await self._pipelined(connection, pending, unsent)
+        except CommandNotSentError as error:
+            if not self._reconnect:
+                raise
+            connection = self._live() or await self._reopen()
+            try:
+                return await self._pipelined(connection, chain(unsent, pending), None)
+            except CommandNotSentError as again:
+                raise again from error
+
+    async def _pipelined(
+        self,
+        connection: _Connection,
+        requests: Iterable[Request[T]],
+        unsent: list[Request[T]] | None,
+    ) -> list[T | BeanstalkdError]:
+        """:meth:`_pipeline` on ``connection``.
+
+        While no command has been handed to the transport, the commands
+        taken from ``requests`` are also put in ``unsent`` (unless None), to
+        be sent again should the connection fail first: then
+        CommandNotSentError is raised.
+        """
         entries: list[_Pending] = []
         try:
             batch: list[bytes] = []
@@ -595,13 +793,20 @@ class Client(ClientBase[TBody]):
                     entries.append(
                         connection.send(b"".join(batch), parsers, self._timeout, flush=True)
                     )
+                    unsent = _still_unsent(connection, unsent, batch, parsers)
                     batch, parsers, size = [], [], 0
                     await connection.drain()
             if batch:
                 entries.append(connection.send(b"".join(batch), parsers, self._timeout))
+                _still_unsent(connection, unsent, batch, parsers)
             results: list[T | BeanstalkdError] = []
             for entry in entries:
-                results += await entry.future
+                try:
+                    results += await entry.future
+                except CommandNotSentError as error:
+                    if entry is entries[0]:  # then none of them went out
+                        raise
+                    raise ClientConnectionError(str(error)) from error
             return results
         except BaseException:
             for entry in entries:
@@ -619,11 +824,11 @@ class Client(ClientBase[TBody]):
         """
         reserve = commands.reserve(timeout)
         requests = [*finishes, reserve]
-        connection = self._live()
+        connection = self._live() or await self._reopen()
         wait = self._reserve_bound(timeout)
-        entry = connection.send(
-            b"".join(data for data, _ in requests), [parse for _, parse in requests], wait
-        )
+        data = b"".join(data for data, _ in requests)
+        parsers = [parse for _, parse in requests]
+        entry = connection.send(data, parsers, wait)
         try:
             if connection.writable is not None:
                 await connection.drain()
@@ -631,6 +836,8 @@ class Client(ClientBase[TBody]):
         except asyncio.CancelledError:
             connection.abandon(entry)
             raise
+        except CommandNotSentError as error:
+            results = await self._resend(data, parsers, wait, error)
         refusals = [
             result if isinstance(result, BeanstalkdError) else None for result in results[:-1]
         ]
@@ -696,7 +903,7 @@ class Client(ClientBase[TBody]):
 
     async def use(self, tube: str) -> None:
         """Make ``put`` insert into ``tube`` (created if missing)."""
-        await self._run(commands.use(tube))
+        await self._run(self._use_request(tube))
 
     # -- consumer ----------------------------------------------------------
 
@@ -748,14 +955,14 @@ class Client(ClientBase[TBody]):
 
     async def watch(self, tube: str) -> int:
         """Add ``tube`` to the watch list and return how many tubes are watched."""
-        return await self._run(commands.watch(tube))
+        return await self._run(self._watch_request(tube, True))
 
     async def ignore(self, tube: str) -> int:
         """Remove ``tube`` from the watch list and return how many tubes are watched.
 
         Raises :class:`~greenstalk.NotIgnoredError` if it is the only watched tube.
         """
-        return await self._run(commands.ignore(tube))
+        return await self._run(self._watch_request(tube, False))
 
     # -- inspection --------------------------------------------------------
 
@@ -845,6 +1052,7 @@ async def connect(
     socket_timeout: float | None = None,
     socket_connect_timeout: float | None = None,
     ssl: _ssl.SSLContext | None = None,
+    reconnect: bool = False,
 ) -> Client[bytes]: ...
 
 
@@ -858,6 +1066,7 @@ async def connect(
     socket_timeout: float | None = None,
     socket_connect_timeout: float | None = None,
     ssl: _ssl.SSLContext | None = None,
+    reconnect: bool = False,
 ) -> Client[str]: ...
 
 
@@ -870,6 +1079,7 @@ async def connect(
     socket_timeout: float | None = None,
     socket_connect_timeout: float | None = None,
     ssl: _ssl.SSLContext | None = None,
+    reconnect: bool = False,
 ) -> Client[Any]:
     """Connect to a beanstalkd server and return the connected :class:`Client`.
 
@@ -885,12 +1095,14 @@ async def connect(
         socket_timeout=socket_timeout,
         socket_connect_timeout=socket_connect_timeout,
         ssl=ssl,
+        reconnect=reconnect,
     )
     await client._open()
     return client
 
 
-# At the end: the worker module needs Client defined.
+# At the end: the worker and pool modules need Client defined.
+from ._aio_pool import Pool  # noqa: E402
 from ._aio_worker import Worker, WorkerJob  # noqa: E402
 
-__all__ = ["Client", "Worker", "WorkerJob", "connect"]
+__all__ = ["Client", "Pool", "Worker", "WorkerJob", "connect"]

@@ -10,7 +10,8 @@ import ssl as _ssl
 import struct
 import sys
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from itertools import chain
 from time import monotonic as _monotonic
 from types import TracebackType
 from typing import Any, Callable, NoReturn, cast, overload
@@ -29,6 +30,7 @@ from ._base import (
     TBody,
     Where,
     connect_failure,
+    describe_where,
     job_id,
     name_refusals,
     open_socket,
@@ -40,6 +42,7 @@ from ._protocol.errors import (
     BeanstalkdError,
     ClientConnectionError,
     ClientTimeoutError,
+    CommandNotSentError,
     ProtocolError,
     PutManyError,
     name_command,
@@ -80,6 +83,11 @@ class Client(ClientBase[TBody]):
     ``socket_connect_timeout`` bounds the connect. ``ssl`` wraps the
     connection in TLS, for servers behind a TLS terminator.
 
+    With ``reconnect=True`` a command after a lost connection (the server
+    restarted, say) connects again first, with the same used tube and watch
+    list, and :attr:`reconnects` counts how often. A command whose effect is
+    unknown still raises and is never sent twice; see :doc:`reconnecting`.
+
     Raises ValueError or TypeError for invalid arguments (before connecting),
     and :class:`~greenstalk.ClientConnectionError` when the server cannot be reached.
     """
@@ -95,6 +103,7 @@ class Client(ClientBase[TBody]):
         socket_timeout: float | None = None,
         socket_connect_timeout: float | None = None,
         ssl: _ssl.SSLContext | None = None,
+        reconnect: bool = False,
     ) -> None: ...
 
     @overload
@@ -108,6 +117,7 @@ class Client(ClientBase[TBody]):
         socket_timeout: float | None = None,
         socket_connect_timeout: float | None = None,
         ssl: _ssl.SSLContext | None = None,
+        reconnect: bool = False,
     ) -> None: ...
 
     def __init__(
@@ -120,12 +130,23 @@ class Client(ClientBase[TBody]):
         socket_timeout: float | None = None,
         socket_connect_timeout: float | None = None,
         ssl: _ssl.SSLContext | None = None,
+        reconnect: bool = False,
     ) -> None:
-        super().__init__(address, encoding, use, watch)
+        super().__init__(address, encoding, use, watch, reconnect)
         self._reader: ReplyReader = ReplyReader()
         adopted = isinstance(address, socket.socket)
+        self._connect_timeout: float | None = socket_connect_timeout
+        self._ssl: _ssl.SSLContext | None = ssl
         sock = _connect(address, self._where, socket_timeout, socket_connect_timeout, ssl)
-        self._socket: socket.socket | None = sock
+        self._socket: socket.socket | None = None
+        #: The socket a command may be sent on without a look first: the
+        #: connection's, except with reconnect on, when it is always None so
+        #: that every command goes through _live_socket's check.
+        self._unchecked: socket.socket | None = None
+        #: Polls the connection for the server's close (with reconnect on).
+        self._poller: select.poll = select.poll()
+        #: True while a command that never went out is sent again.
+        self._resending: bool = False
         self._timeout = sock.gettimeout()
         self._as_is = adopted and ssl is None and socket_timeout is None
         #: The bound the socket applies to each wait now (to receiving, when
@@ -145,15 +166,10 @@ class Client(ClientBase[TBody]):
         #: never blocks: a blocking send to a Unix socket waits as long as
         #: the peer reads at all. What a send leaves, poll() waits to send.
         self._send_flags = socket.MSG_DONTWAIT if self._kernel_bound else 0
-        if self._kernel_bound:
-            try:
-                sock.settimeout(None)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(self._timeout))
-            except OSError as error:
-                self._fail(error)
+        self._install(sock)
         if self._setup:
             try:
-                self._check_setup(self._pipeline(self._setup))
+                self._check_setup(self._pipelined(sock, iter(self._setup), []))
             except BaseException:
                 self.close()
                 raise
@@ -171,11 +187,20 @@ class Client(ClientBase[TBody]):
 
     @property
     def closed(self) -> bool:
-        """True once the connection is closed, by :meth:`close` or by a failure."""
+        """True while there is no connection: after :meth:`close` or a failure.
+
+        With ``reconnect=True`` the next command connects again, unless the
+        client was closed by :meth:`close`.
+        """
         return self._socket is None
 
     def close(self) -> None:
-        """Close the connection. Jobs it had reserved go back to the ready queue."""
+        """Close the connection. Jobs it had reserved go back to the ready queue.
+
+        This is final, even with ``reconnect=True``: every later command raises
+        :class:`~greenstalk.CommandNotSentError`.
+        """
+        self._reconnect = False
         self._abort("closed by the client")
 
     # -- transport ---------------------------------------------------------
@@ -186,11 +211,29 @@ class Client(ClientBase[TBody]):
     # only when the data needs more sends, or the reply more reads, is the
     # time left worked out and the socket's bound cut to it before each.
 
+    def _install(self, sock: socket.socket) -> None:
+        """Make ``sock`` the connection, its waits bounded as this client bounds them.
+
+        Raises ClientConnectionError (and closes ``sock``) when the socket refuses.
+        """
+        self._socket = sock
+        self._unchecked = None if self._reconnect else sock
+        self._bound = self._timeout
+        if self._kernel_bound:
+            try:
+                sock.settimeout(None)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(self._timeout))
+            except OSError as error:
+                self._fail(error)
+        if self._reconnect:
+            self._poller = select.poll()
+            self._poller.register(sock, select.POLLIN)
+
     def _abort(self, reason: str) -> None:
         sock = self._socket
         if sock is None:
             return
-        self._socket = None
+        self._socket = self._unchecked = None
         self._closed_reason = reason
         with contextlib.suppress(OSError):
             sock.close()
@@ -211,10 +254,99 @@ class Client(ClientBase[TBody]):
         raise failure from error
 
     def _live_socket(self) -> socket.socket:
+        """The socket to send the next command on.
+
+        With reconnect on, a connection that failed, or that the server has
+        closed, is replaced first. Raises CommandNotSentError when there is no
+        connection and none may or can be made.
+        """
         sock = self._socket
-        if sock is None:
-            raise ClientConnectionError(f"the connection is closed: {self._closed_reason}")
+        if not self._reconnect:
+            if sock is None:
+                raise CommandNotSentError(f"the connection is closed: {self._closed_reason}")
+            return sock
+        if sock is not None:
+            if not self._peer_closed(sock):
+                return sock
+            self._abort("the server closed the connection")
+        return self._reopen()
+
+    def _peer_closed(self, sock: socket.socket) -> bool:
+        """Whether the idle connection ``sock`` is done for.
+
+        It is when the server has closed or reset it, or sent bytes that no
+        command asked for. Costs one poll() while there is nothing to read,
+        the usual case.
+        """
+        if not self._poller.poll(0):
+            return False
+        if not isinstance(sock, _ssl.SSLSocket):
+            return True
+        # Readable TLS may hold only TLS's own records (session tickets).
+        try:
+            sock.setblocking(False)
+            try:
+                sock.recv(1)
+            except _ssl.SSLWantReadError:
+                return False
+            finally:
+                sock.settimeout(self._bound)
+        except OSError:
+            return True
+        return True  # the end of the stream, or bytes no command asked for
+
+    def _reopen(self) -> socket.socket:
+        """Connect again and restore the used tube and watch list; return the new socket.
+
+        Raises CommandNotSentError, naming the server, when connecting or the
+        set-up fails: the command waiting for the connection was not sent.
+        """
+        address = cast("tuple[str, int] | str", self.address)  # never a socket here
+        try:
+            sock = _connect(address, self._where, self._timeout, self._connect_timeout, self._ssl)
+        except ClientConnectionError as error:
+            raise CommandNotSentError(str(error)) from error
+        self._reader = ReplyReader()
+        try:
+            self._install(sock)
+            setup = self._setup_requests()
+            if setup:
+                self._check_setup(self._pipelined(sock, iter(setup), []))
+        except (ClientConnectionError, BeanstalkdError) as error:
+            self._abort(f"setting up the connection failed: {error}")
+            raise CommandNotSentError(
+                f"reconnected to {describe_where(self._where)}, "
+                f"but setting up the connection failed: {error}"
+            ) from error
+        self.reconnects += 1
         return sock
+
+    def _unsent(self, sock: socket.socket, error: OSError) -> NoReturn:
+        """The first send of a command failed with ``error``: close, raise CommandNotSentError.
+
+        A timeout, or a failure on a TLS connection (which may have sent part
+        of a record), is raised as it is: the command may have gone out.
+        """
+        if isinstance(error, socket.timeout) or isinstance(sock, _ssl.SSLSocket):
+            raise error
+        failure = CommandNotSentError(
+            f"connection to the server failed before the command was sent: {error}"
+        )
+        self._abort(str(failure))
+        raise failure from error
+
+    def _resend(self, error: CommandNotSentError, again: Callable[[], T]) -> T:
+        """Call ``again`` once, to send on a new connection what never went out (``error``).
+
+        Without reconnect, or when this already is the second try, raises ``error``.
+        """
+        if not self._reconnect or self._resending:
+            raise error
+        self._resending = True
+        try:
+            return again()
+        finally:
+            self._resending = False
 
     def _time_left(self, started: float, bound: float) -> float:
         """Seconds left of ``bound`` since ``started``. Raises socket.timeout when none are."""
@@ -223,15 +355,23 @@ class Client(ClientBase[TBody]):
             raise socket.timeout("timed out")
         return left
 
-    def _send(self, sock: socket.socket, data: bytes, started: float, bound: float | None) -> None:
+    def _send(
+        self, sock: socket.socket, data: bytes, started: float, bound: float | None, first: bool
+    ) -> None:
         """Send all of ``data`` within ``bound`` seconds of ``started`` (None: no limit).
 
-        Raises OSError (socket.timeout when time runs out).
+        Raises OSError (socket.timeout when time runs out), and
+        CommandNotSentError when ``first`` (nothing was sent before ``data``)
+        and nothing of ``data`` went out either.
         """
         try:
             sent = sock.send(data, self._send_flags)
         except BlockingIOError:  # the socket buffer is full
             sent = 0
+        except OSError as error:
+            if first:
+                self._unsent(sock, error)
+            raise
         if sent != len(data):
             self._send_rest(sock, data, sent, started, bound)
 
@@ -317,8 +457,8 @@ class Client(ClientBase[TBody]):
         reserve's wait; None: no limit).
         """
         data, parse = request
-        sock = self._socket
-        if sock is None:
+        sock = self._unchecked
+        if sock is None:  # no connection, or reconnect on: look first
             sock = self._live_socket()
         if bound == _USUAL:
             bound = self._timeout
@@ -330,6 +470,8 @@ class Client(ClientBase[TBody]):
                 sent = sock.send(data, self._send_flags)
             except BlockingIOError:  # the socket buffer is full
                 sent = 0
+            except OSError as error:
+                self._unsent(sock, error)
             if sent != len(data):
                 self._send_rest(sock, data, sent, started, bound)
             replies = self._reader.receive(sock.recv(_RECEIVE_SIZE))
@@ -338,6 +480,8 @@ class Client(ClientBase[TBody]):
             if not self._reader.drained:
                 raise stray_error(replies, 1)
             return parse(replies[0])
+        except CommandNotSentError as error:
+            return self._resend(error, lambda: self._run(request, bound))
         except (OSError, ProtocolError) as error:
             self._fail(error)
         except BeanstalkdError as refusal:
@@ -357,6 +501,23 @@ class Client(ClientBase[TBody]):
         error reply is returned as its exception, in its place.
         """
         sock = self._live_socket()
+        pending = iter(requests)
+        first: list[Request[T]] = []
+        try:
+            return self._pipelined(sock, pending, first)
+        except CommandNotSentError as error:
+            return self._resend(
+                error, lambda: self._pipelined(self._live_socket(), chain(first, pending), [])
+            )
+
+    def _pipelined(
+        self, sock: socket.socket, pending: Iterator[Request[T]], first: list[Request[T]]
+    ) -> list[T | BeanstalkdError]:
+        """:meth:`_pipeline` on ``sock``: the commands of ``pending``, then their results.
+
+        The first batch is also put in ``first``, to be sent again should it
+        never go out (then CommandNotSentError is raised).
+        """
         bound = self._timeout
         replies: list[Reply] = []
         parsers: list[Callable[[Reply], T]] = []
@@ -365,7 +526,6 @@ class Client(ClientBase[TBody]):
         sent_after: deque[tuple[int, float]] = deque()
         sent = 0
         started = _monotonic()
-        pending = iter(requests)
         try:
             if self._bound != bound:
                 self._set_bound(sock, bound)
@@ -380,9 +540,11 @@ class Client(ClientBase[TBody]):
                         break
                 if not batch:
                     break
+                if not sent:
+                    first.extend(zip(batch, parsers))
                 data = b"".join(batch)
                 started = _monotonic()
-                self._send(sock, data, started, bound)
+                self._send(sock, data, started, bound, first=not sent)
                 sent += len(batch)
                 sent_after.append((sent, started))
                 if len(sent_after) > 1:
@@ -420,6 +582,8 @@ class Client(ClientBase[TBody]):
                 sent = sock.send(data, self._send_flags)
             except BlockingIOError:  # the socket buffer is full
                 sent = 0
+            except OSError as error:
+                self._unsent(sock, error)
             if sent != len(data):
                 self._send_rest(sock, data, sent, started, bound)
             replies = self._reader.receive(sock.recv(_RECEIVE_SIZE))
@@ -428,6 +592,8 @@ class Client(ClientBase[TBody]):
             if not self._reader.drained:
                 raise stray_error(replies, len(requests))
             results: list[Any] = results_of(replies, [parse for _, parse in requests])
+        except CommandNotSentError as error:
+            return self._resend(error, lambda: self._finish_and_reserve(finish, timeout))
         except (OSError, ProtocolError) as error:
             self._fail(error)
         except BaseException:
@@ -496,7 +662,7 @@ class Client(ClientBase[TBody]):
 
     def use(self, tube: str) -> None:
         """Make ``put`` insert into ``tube`` (created if missing)."""
-        self._run(commands.use(tube))
+        self._run(self._use_request(tube))
 
     # -- consumer ----------------------------------------------------------
 
@@ -548,14 +714,14 @@ class Client(ClientBase[TBody]):
 
     def watch(self, tube: str) -> int:
         """Add ``tube`` to the watch list and return how many tubes are watched."""
-        return self._run(commands.watch(tube))
+        return self._run(self._watch_request(tube, True))
 
     def ignore(self, tube: str) -> int:
         """Remove ``tube`` from the watch list and return how many tubes are watched.
 
         Raises :class:`~greenstalk.NotIgnoredError` if it is the only watched tube.
         """
-        return self._run(commands.ignore(tube))
+        return self._run(self._watch_request(tube, False))
 
     # -- inspection --------------------------------------------------------
 

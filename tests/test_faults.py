@@ -26,6 +26,7 @@ import greenstalk
 from greenstalk import (
     ClientConnectionError,
     ClientTimeoutError,
+    CommandNotSentError,
     ProtocolError,
     UnknownResponseError,
 )
@@ -88,13 +89,13 @@ CALLS: dict[str, Call] = {
 
 
 def assert_refuses_use(client: AnyClient, calls: list[str] | None = None) -> None:
-    """The client is closed and every call says so with a plain ClientConnectionError."""
+    """The client is closed and every call says so: the command was not sent."""
     assert client.closed
     assert repr(client).startswith("greenstalk.Client(")
     for name in calls or ["put", "reserve"]:
         with pytest.raises(ClientConnectionError) as info:
             CALLS[name](client)
-        assert type(info.value) is ClientConnectionError, name
+        assert type(info.value) is CommandNotSentError, name
         assert "the connection is closed" in str(info.value), name
     client.close()  # still a no-op
     assert client.closed
@@ -176,7 +177,8 @@ def test_server_closes_at_once(serve: Serve, transport: str) -> None:
     """The server hangs up before the first command: sending or reading fails."""
     server, client = serve([Close(reset=True)], transport, socket_timeout=5)
     server.join()
-    raises_exactly(ClientConnectionError, lambda: client.put(b"x"))
+    with pytest.raises(ClientConnectionError):  # CommandNotSentError if the send failed
+        client.put(b"x")
     assert_refuses_use(client)
 
 
@@ -715,7 +717,7 @@ def test_server_errors_keep_the_connection(serve: Serve, transport: str) -> None
 def test_every_call_refused_after_failure(serve: Serve, call: str) -> None:
     server, client = serve([Expect(PUT_X), Close()], "socketpair", socket_timeout=2)
     raises_exactly(ClientConnectionError, lambda: client.put(b"x"))
-    error = raises_exactly(ClientConnectionError, lambda: CALLS[call](client))
+    error = raises_exactly(CommandNotSentError, lambda: CALLS[call](client))
     assert "the connection is closed" in str(error)
     assert "the server closed the connection" in str(error)  # the first failure
     assert server.received == PUT_X  # nothing more was sent
@@ -731,7 +733,7 @@ def test_close_and_context_manager(serve: Serve) -> None:
         assert ours.fileno() == -1
         server.join()
         assert server.peer_closed
-        error = raises_exactly(ClientConnectionError, lambda: client.put(b"x"))
+        error = raises_exactly(CommandNotSentError, lambda: client.put(b"x"))
         assert "closed by the client" in str(error)
 
 

@@ -8,7 +8,8 @@ Everything greenstalk raises on purpose derives from :class:`Error`:
   the connection is gone or can no longer be trusted, so it has been closed.
   :class:`ClientTimeoutError` is the socket timeout case (also a builtin
   :class:`TimeoutError`), :class:`ProtocolError` the case of bytes that are
-  not a beanstalkd reply.
+  not a beanstalkd reply, :class:`CommandNotSentError` the case of a command
+  that surely never reached the server.
 
 Invalid arguments raise the builtin :class:`ValueError` or :class:`TypeError`
 before anything is sent.
@@ -178,9 +179,22 @@ class OutOfMemoryError(BeanstalkdError):
 class ClientConnectionError(Error, ConnectionError):
     """The connection failed, was closed, or can no longer be trusted.
 
-    The client has closed its socket; any further call raises this error
-    again. Jobs this connection had reserved return to the ready queue on
-    the server.
+    The client has closed its socket; any further call raises
+    :class:`CommandNotSentError`, unless the client was made with
+    ``reconnect=True``: then the next call connects again. Jobs this
+    connection had reserved return to the ready queue on the server.
+    """
+
+
+class CommandNotSentError(ClientConnectionError):
+    """The command surely never reached the server.
+
+    The connection had failed or been closed before the command went out,
+    the first send of its bytes failed with nothing sent, or (with
+    ``reconnect=True``) a new connection could not be made; the message says
+    which. The command had no effect, so sending it again cannot do it
+    twice. Every other :class:`ClientConnectionError` leaves a command's
+    effect unknown: the server may have carried it out.
     """
 
 
