@@ -1,7 +1,7 @@
 """greenstalk: a fast, careful Python client for the beanstalkd work queue.
 
-``Client``, ``Worker`` and ``WorkerJob`` are imported on first use, so that
-``import greenstalk.aio`` does not load the blocking client and worker.
+``Client``, ``Pool``, ``Worker`` and ``WorkerJob`` are imported on first use, so
+that ``import greenstalk.aio`` does not load the blocking client, pool and worker.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ._base import (
     JobOrID,
     TBody,
 )
+from ._pool_common import NoServerError, UnknownPutError
 from ._protocol.errors import (
     BadFormatError,
     BeanstalkdError,
@@ -29,6 +30,7 @@ from ._protocol.errors import (
     BuriedWithJobIDError,
     ClientConnectionError,
     ClientTimeoutError,
+    CommandNotSentError,
     DeadlineSoonError,
     DrainingError,
     Error,
@@ -48,14 +50,15 @@ from ._protocol.stats import Stats, StatsJob, StatsTube
 
 if TYPE_CHECKING:
     from .client import Client
+    from .pool import Pool
     from .worker import Worker, WorkerJob
 
 # The names of the blocking side, and the modules that define them.
-_ON_FIRST_USE = {"Client": "client", "Worker": "worker", "WorkerJob": "worker"}
+_ON_FIRST_USE = {"Client": "client", "Pool": "pool", "Worker": "worker", "WorkerJob": "worker"}
 
 
 def __getattr__(name: str) -> Any:
-    """Import ``Client``, ``Worker`` or ``WorkerJob`` when first asked for.
+    """Import ``Client``, ``Pool``, ``Worker`` or ``WorkerJob`` when first asked for.
 
     Raises AttributeError for any other missing name.
     """
@@ -78,7 +81,7 @@ for _error_class in (
     ClientConnectionError, ClientTimeoutError, DeadlineSoonError, DrainingError, Error,
     ExpectedCrlfError, InternalError, JobTooBigError, NotFoundError, NotIgnoredError,
     OutOfMemoryError, ProtocolError, PutManyError, TimedOutError, UnknownCommandError,
-    UnknownResponseError,
+    UnknownResponseError, CommandNotSentError, NoServerError, UnknownPutError,
 ):
     _error_class.__module__ = __name__
 del _error_class
@@ -97,6 +100,7 @@ __all__ = [
     "Client",
     "ClientConnectionError",
     "ClientTimeoutError",
+    "CommandNotSentError",
     "ConnectionTarget",
     "DeadlineSoonError",
     "DrainingError",
@@ -106,9 +110,11 @@ __all__ = [
     "Job",
     "JobOrID",
     "JobTooBigError",
+    "NoServerError",
     "NotFoundError",
     "NotIgnoredError",
     "OutOfMemoryError",
+    "Pool",
     "ProtocolError",
     "PutManyError",
     "Stats",
@@ -117,6 +123,7 @@ __all__ = [
     "TBody",
     "TimedOutError",
     "UnknownCommandError",
+    "UnknownPutError",
     "UnknownResponseError",
     "Worker",
     "WorkerJob",

@@ -1,0 +1,137 @@
+"""A pool of three servers against one client and one server: puts, one by one and pipelined.
+
+Run from the repository root::
+
+    .venv/bin/python bench/pool.py                 # beanstalkd, 5 rounds
+    .venv/bin/python bench/pool.py --server greenstalkd --rounds 3
+    .venv/bin/python bench/pool.py --quick         # a smoke run
+
+It starts three servers (pinned to the last CPU) and measures, in this
+process (pinned to the first CPU), interleaved round by round:
+
+* ``put``: 100-byte puts one at a time, by a :class:`greenstalk.Client` of
+  one server and by a :class:`greenstalk.Pool` of the three (round-robin);
+* ``put_many``: the same puts pipelined, by the client into one server and by
+  the blocking and the asyncio pool over three.
+
+It prints the median ops/s of each and the pool's ratio to the client: the
+targets are >= 0.95x for single puts (no pool overhead worth naming) and
+>= 2x for put_many. The servers are emptied (restarted) between rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import greenstalk
+import greenstalk.aio
+from greenstalk.testing import ServerProcess, run_server
+
+BODY = b"x" * 100
+
+
+@contextlib.contextmanager
+def servers(kind: str, count: int, cpu: int) -> Iterator[list[ServerProcess]]:
+    """``count`` fresh servers of ``kind``, each pinned to ``cpu``."""
+    with contextlib.ExitStack() as stack:
+        started = [
+            stack.enter_context(run_server(kind, in_process=False)) for _ in range(count)
+        ]
+        for server in started:
+            assert server.process is not None
+            subprocess.run(
+                ["taskset", "--all-tasks", "--cpu-list", "--pid", str(cpu),
+                 str(server.process.pid)],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+        yield started
+
+
+def timed(operation: Callable[[], object], count: int) -> float:
+    """Run ``operation`` (which does ``count`` puts) and return puts per second."""
+    started = time.perf_counter()
+    operation()
+    return count / (time.perf_counter() - started)
+
+
+def client_puts(address: Any, count: int) -> float:
+    with greenstalk.Client(address) as client:
+        put = client.put
+        return timed(lambda: [put(BODY) for _ in range(count)], count)
+
+
+def pool_puts(addresses: list[Any], count: int) -> float:
+    with greenstalk.Pool(addresses) as pool:
+        put = pool.put
+        return timed(lambda: [put(BODY) for _ in range(count)], count)
+
+
+def client_put_many(address: Any, count: int) -> float:
+    with greenstalk.Client(address) as client:
+        return timed(lambda: client.put_many([BODY] * count), count)
+
+
+def pool_put_many(addresses: list[Any], count: int) -> float:
+    with greenstalk.Pool(addresses) as pool:
+        return timed(lambda: pool.put_many([BODY] * count), count)
+
+
+def aio_pool_put_many(addresses: list[Any], count: int) -> float:
+    async def run() -> float:
+        async with greenstalk.aio.Pool(addresses) as pool:
+            started = time.perf_counter()
+            await pool.put_many([BODY] * count)
+            return count / (time.perf_counter() - started)
+
+    return asyncio.run(run())
+
+
+CASES: dict[str, tuple[str, Callable[[list[Any], int], float]]] = {
+    "put, client (1 server)": ("put", lambda a, n: client_puts(a[0], n)),
+    "put, Pool (3 servers)": ("put", pool_puts),
+    "put_many, client (1 server)": ("put_many", lambda a, n: client_put_many(a[0], n)),
+    "put_many, Pool (3 servers)": ("put_many", pool_put_many),
+    "put_many, aio.Pool (3 servers)": ("put_many", aio_pool_put_many),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--server", choices=("beanstalkd", "greenstalkd"), default="beanstalkd")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="few operations, one round")
+    args = parser.parse_args(argv)
+    rounds = 1 if args.quick else args.rounds
+    counts = {"put": 2_000 if args.quick else 20_000, "put_many": 5_000 if args.quick else 150_000}
+    cpus = sorted(os.sched_getaffinity(0))
+    client_cpu, server_cpu = cpus[0], cpus[-1]
+    os.sched_setaffinity(0, {client_cpu})
+    results: dict[str, list[float]] = {name: [] for name in CASES}
+    for _ in range(rounds):
+        for name, (kind, measure) in CASES.items():
+            with servers(args.server, 3, server_cpu) as started:
+                results[name].append(measure([s.address for s in started], counts[kind]))
+    print(f"{args.server}, client on CPU {client_cpu}, servers on CPU {server_cpu}, "
+          f"median of {rounds} round(s)")
+    medians = {name: statistics.median(values) for name, values in results.items()}
+    for name, value in medians.items():
+        print(f"  {name:32} {value:>10,.0f} puts/s")
+    single = medians["put, Pool (3 servers)"] / medians["put, client (1 server)"]
+    many = medians["put_many, Pool (3 servers)"] / medians["put_many, client (1 server)"]
+    aio_many = medians["put_many, aio.Pool (3 servers)"] / medians["put_many, client (1 server)"]
+    print(f"  Pool put / client put:            {single:.2f}x (target >= 0.95x)")
+    print(f"  Pool put_many / client put_many:  {many:.2f}x (target >= 2x)")
+    print(f"  aio.Pool put_many / client:       {aio_many:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

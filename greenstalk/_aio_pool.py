@@ -1,0 +1,901 @@
+"""``greenstalk.aio.Pool``: the pool of :mod:`greenstalk.pool` over asyncio clients.
+
+The same placement, failover and fan-in as the blocking pool; tasks take the
+place of its threads. Each server has one connection for puts and commands
+(shared by concurrent callers, whose commands are pipelined) and consumer
+connections that a task per server keeps reserving on while someone waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import ssl as _ssl
+from collections import deque
+from collections.abc import Awaitable, Iterable
+from time import monotonic
+from types import TracebackType
+from typing import Any, Callable, Generic, TypeVar, cast, overload
+
+from . import aio
+from ._base import (
+    DEFAULT_DELAY,
+    DEFAULT_PRIORITY,
+    DEFAULT_TTR,
+    DEFAULT_TUBE,
+    Job,
+    JobOrID,
+    TBody,
+    Where,
+    setup_requests,
+)
+from ._placement import Health, Key, Placement
+from ._pool_common import (
+    RESERVE_ROUND,
+    SURPLUS_GRACE,
+    NoServerError,
+    PoolAddresses,
+    UnknownPutError,
+    merge_tubes,
+    name_of,
+    pool_addresses,
+    sum_stats,
+    sum_tube_stats,
+)
+from ._protocol.errors import (
+    BeanstalkdError,
+    ClientConnectionError,
+    CommandNotSentError,
+    DeadlineSoonError,
+    DrainingError,
+    NotFoundError,
+    NotIgnoredError,
+    OutOfMemoryError,
+    PutManyError,
+    TimedOutError,
+)
+from ._protocol.stats import Stats, StatsJob, StatsTube
+
+T = TypeVar("T")
+Client = aio.Client
+
+_REFUSED_HERE = (DrainingError, OutOfMemoryError)
+
+
+class _Held:
+    """A job reserved on a consumer connection, waiting for the caller or in its hands."""
+
+    __slots__ = ("client", "job", "release_at", "server")
+
+    def __init__(self, server: _Server, client: Client[Any], job: Job[Any]) -> None:
+        self.server = server
+        self.client = client
+        self.job = job
+        self.release_at: float | None = None
+
+
+class _Server:
+    """One server of a pool: its health, its command connection, its consumers."""
+
+    def __init__(self, where: Where, health: Health) -> None:
+        self.where = where
+        self.name = name_of(where)
+        self.health = health
+        self.producer: Client[Any] | None = None
+        self.free: list[Client[Any]] = []
+        self.reserving: Client[Any] | None = None
+        self.watch_generation: dict[Client[Any], int] = {}
+        self.task: asyncio.Task[None] | None = None
+        self.puts = 0
+        self.unknown_puts = 0
+        #: Jobs of this server handed out by reserve.
+        self.handed = 0
+
+
+class Pool(Generic[TBody]):
+    """Several beanstalkd servers used as one, from asyncio.
+
+    The arguments, the placement, the failover and the methods are those of
+    :class:`greenstalk.Pool`, as coroutines. The pool connects in
+    ``async with Pool(...) as pool:`` (or ``await pool.open()``) and closes
+    at the end of the block. Unlike the blocking pool it may be shared by
+    many tasks: their commands to one server are pipelined on its
+    connection, and each waiting ``reserve`` gets its own job.
+    """
+
+    @overload
+    def __init__(
+        self: Pool[bytes],
+        addresses: PoolAddresses = None,
+        encoding: None = None,
+        use: str = DEFAULT_TUBE,
+        watch: str | Iterable[str] = DEFAULT_TUBE,
+        *,
+        strategy: str = "round-robin",
+        socket_timeout: float | None = 5.0,
+        socket_connect_timeout: float | None = 2.0,
+        ssl: _ssl.SSLContext | None = None,
+        at_most_once: bool = False,
+        retry_base: float = 0.5,
+        retry_cap: float = 30.0,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: Pool[str],
+        addresses: PoolAddresses,
+        encoding: str,
+        use: str = DEFAULT_TUBE,
+        watch: str | Iterable[str] = DEFAULT_TUBE,
+        *,
+        strategy: str = "round-robin",
+        socket_timeout: float | None = 5.0,
+        socket_connect_timeout: float | None = 2.0,
+        ssl: _ssl.SSLContext | None = None,
+        at_most_once: bool = False,
+        retry_base: float = 0.5,
+        retry_cap: float = 30.0,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        addresses: PoolAddresses = None,
+        encoding: str | None = None,
+        use: str = DEFAULT_TUBE,
+        watch: str | Iterable[str] = DEFAULT_TUBE,
+        *,
+        strategy: str = "round-robin",
+        socket_timeout: float | None = 5.0,
+        socket_connect_timeout: float | None = 2.0,
+        ssl: _ssl.SSLContext | None = None,
+        at_most_once: bool = False,
+        retry_base: float = 0.5,
+        retry_cap: float = 30.0,
+    ) -> None:
+        wheres = pool_addresses(addresses)
+        if encoding is not None:
+            "".encode(encoding)
+        watch_list = [watch] if isinstance(watch, str) else list(watch)
+        if not watch_list:
+            raise ValueError("watch must name at least one tube")
+        setup_requests(use, watch_list)
+        self.encoding = encoding
+        self._use = use
+        self._watch = list(dict.fromkeys(watch_list))
+        self._watch_generation = 0
+        self._timeout = socket_timeout
+        self._connect_timeout = socket_connect_timeout
+        self._ssl = ssl
+        self._at_most_once = at_most_once
+        self._servers: list[_Server] = [
+            _Server(where, Health(retry_base, retry_cap)) for where in wheres
+        ]
+        self._by_where = {server.where: server for server in self._servers}
+        self._placement = Placement(self._servers, [s.name for s in self._servers], strategy)
+        self._changed: asyncio.Condition | None = None
+        self._ready: deque[_Held] = deque()
+        self._handed: dict[tuple[Where, int], _Held] = {}
+        self._waiting = 0
+        self._opened = False
+        self._closed = False
+        self._prober: asyncio.Task[None] | None = None
+        #: Closes of stale consumer connections under way.
+        self._closing: set[asyncio.Future[None]] = set()
+        #: Puts sent to a server that did not answer, then placed elsewhere (or raised).
+        self.unknown_puts = 0
+
+    def __repr__(self) -> str:
+        return f"greenstalk.aio.Pool([{', '.join(s.name for s in self._servers)}])"
+
+    async def __aenter__(self) -> Pool[TBody]:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def addresses(self) -> list[Where]:
+        """The servers of the pool, in the order given."""
+        return [server.where for server in self._servers]
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def servers_up(self) -> list[Where]:
+        """The servers not marked down."""
+        return [server.where for server in self._servers if server.health.up]
+
+    async def open(self) -> None:
+        """Connect to every server that answers.
+
+        Raises :class:`~greenstalk.NoServerError` when none does.
+        """
+        if self._opened:
+            raise ClientConnectionError("the pool is already open")
+        self._opened = True
+        self._changed = asyncio.Condition()
+        results = await asyncio.gather(
+            *(self._producer(server) for server in self._servers), return_exceptions=True
+        )
+        reasons = []
+        for server, result in zip(self._servers, results):
+            if isinstance(result, ClientConnectionError):
+                self._mark_down(server, result)
+                reasons.append(f"{server.name}: {result}")
+            elif isinstance(result, BaseException):
+                await self.close()
+                raise result
+        if len(reasons) == len(self._servers):
+            await self.close()
+            raise NoServerError("cannot connect to any server of the pool: " + "; ".join(reasons))
+
+    async def close(self) -> None:
+        """Close every connection and stop the pool's tasks.
+
+        Jobs the pool had reserved go back to the ready queue on their servers.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [s.task for s in self._servers if s.task is not None]
+        if self._prober is not None:
+            tasks.append(self._prober)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        clients: list[Client[Any]] = []
+        for server in self._servers:
+            clients += [c for c in (server.producer, server.reserving) if c is not None]
+            clients += server.free
+            server.producer = server.reserving = None
+            server.free = []
+        clients += [held.client for held in self._handed.values()]
+        clients += [held.client for held in self._ready]
+        self._handed.clear()
+        self._ready.clear()
+        await asyncio.gather(*(client.close() for client in clients), return_exceptions=True)
+        if self._changed is not None:
+            async with self._changed:
+                self._changed.notify_all()
+
+    def _condition(self) -> asyncio.Condition:
+        if self._changed is None:
+            raise ClientConnectionError("the pool is not open: use 'async with' or open()")
+        if self._closed:
+            raise ClientConnectionError("the pool is closed")
+        return self._changed
+
+    async def _notify(self) -> None:
+        changed = self._changed
+        if changed is not None:
+            async with changed:
+                changed.notify_all()
+
+    # -- servers and their health -----------------------------------------
+
+    async def _client(self, server: _Server, **tubes: Any) -> Client[Any]:
+        return await aio.connect(
+            server.where,
+            self.encoding,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._connect_timeout,
+            ssl=self._ssl,
+            **tubes,
+        )
+
+    async def _producer(self, server: _Server) -> Client[Any]:
+        client = server.producer
+        if client is None:
+            client = await aio.connect(
+                server.where,
+                self.encoding,
+                use=self._use,
+                socket_timeout=self._timeout,
+                socket_connect_timeout=self._connect_timeout,
+                ssl=self._ssl,
+                reconnect=True,
+            )
+            if server.producer is None:
+                server.producer = client
+            else:  # another task connected first
+                await client.close()
+                client = server.producer
+        return client
+
+    def _mark_down(self, server: _Server, error: BaseException) -> None:
+        server.health.failed(monotonic(), str(error))
+        if (self._prober is None or self._prober.done()) and not self._closed:
+            self._prober = asyncio.ensure_future(self._probe_loop())
+
+    async def _probe_loop(self) -> None:
+        while not self._closed:
+            now = monotonic()
+            down = [s for s in self._servers if not s.health.up]
+            if not down:
+                return
+            due = [s for s in down if s.health.due(now)]
+            if not due:
+                await asyncio.sleep(min(s.health.retry_at for s in down) - now)
+                continue
+            await asyncio.gather(*(self._probe(server) for server in due))
+
+    async def _probe(self, server: _Server) -> None:
+        try:
+            client = await self._client(server)
+            try:
+                if (await client.stats())["draining"]:
+                    raise DrainingError("the server is in drain mode")
+            finally:
+                await client.close()
+        except (ClientConnectionError, BeanstalkdError) as error:
+            server.health.failed(monotonic(), str(error))
+            return
+        server.health.succeeded()
+        await self._notify()
+
+    def _server_of(self, job: JobOrID) -> _Server:
+        if isinstance(job, Job) and job.address is not None:
+            server = self._by_where.get(job.address)
+            if server is None:
+                raise ValueError(f"{job!r} is from a server this pool does not have")
+            return server
+        if isinstance(job, (Job, int)) and len(self._servers) == 1:
+            return self._servers[0]
+        raise TypeError(
+            "a pool needs to know the job's server: pass the Job that put or reserve returned"
+        )
+
+    async def _on(self, server: _Server, command: Callable[[Client[Any]], Awaitable[T]]) -> T:
+        self._condition()
+        try:
+            return await command(await self._producer(server))
+        except ClientConnectionError as error:
+            self._mark_down(server, error)
+            raise
+
+    async def _on_each(
+        self, command: Callable[[Client[Any]], Awaitable[T]]
+    ) -> dict[Where, T | BeanstalkdError]:
+        servers = [s for s in self._servers if s.health.up] or self._servers
+        outcomes = await asyncio.gather(
+            *(self._on(server, command) for server in servers), return_exceptions=True
+        )
+        results: dict[Where, T | BeanstalkdError] = {}
+        reasons = []
+        for server, outcome in zip(servers, outcomes):
+            if isinstance(outcome, BeanstalkdError):
+                results[server.where] = outcome
+            elif isinstance(outcome, ClientConnectionError):
+                reasons.append(f"{server.name}: {outcome}")
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                results[server.where] = outcome
+        if not results:
+            raise NoServerError("no server of the pool answered: " + "; ".join(reasons))
+        return results
+
+    # -- producer ------------------------------------------------------------
+
+    def _candidates(self, key: Key | None) -> list[_Server]:
+        order = self._placement.order(key)
+        return [s for s in order if s.health.up] + [s for s in order if not s.health.up]
+
+    async def put(
+        self,
+        body: bytes | TBody,
+        priority: int = DEFAULT_PRIORITY,
+        delay: int = DEFAULT_DELAY,
+        ttr: int = DEFAULT_TTR,
+        *,
+        key: Key | None = None,
+    ) -> Job[TBody]:
+        """Insert a job on one server and return it; see :meth:`greenstalk.Pool.put`."""
+        self._condition()
+        self._condition()
+        server = self._placement.first(key)
+        if server.health.up:
+            try:
+                producer = server.producer or await self._producer(server)
+                job_id = await producer.put(body, priority, delay, ttr)
+            except (ClientConnectionError, *_REFUSED_HERE) as error:
+                return await self._put_elsewhere(body, priority, delay, ttr, key, server, error)
+            server.puts += 1
+            return cast(Job[TBody], Job(job_id, body, server.where))
+        return await self._put_elsewhere(body, priority, delay, ttr, key, None, None)
+
+    async def _put_elsewhere(
+        self,
+        body: bytes | TBody,
+        priority: int,
+        delay: int,
+        ttr: int,
+        key: Key | None,
+        failed: _Server | None,
+        error: BaseException | None,
+    ) -> Job[TBody]:
+        reasons: list[str] = []
+        if failed is not None and error is not None:
+            reasons.append(self._failed_put(failed, error))
+        for server in self._candidates(key):
+            if server is failed:
+                continue
+            try:
+                producer = await self._producer(server)
+                job_id = await producer.put(body, priority, delay, ttr)
+            except (ClientConnectionError, *_REFUSED_HERE) as error:
+                reasons.append(self._failed_put(server, error))
+                continue
+            server.puts += 1
+            return cast(Job[TBody], Job(job_id, body, server.where))
+        raise NoServerError("no server of the pool took the put: " + "; ".join(reasons))
+
+    def _failed_put(self, server: _Server, error: BaseException) -> str:
+        if isinstance(error, ClientConnectionError):
+            self._put_failed(server, error, 1)
+        else:
+            self._mark_down(server, error)
+        return f"{server.name}: {error}"
+
+    def _put_failed(self, server: _Server, error: ClientConnectionError, count: int) -> None:
+        self._mark_down(server, error)
+        if isinstance(error, CommandNotSentError):
+            return
+        self.unknown_puts += count
+        server.unknown_puts += count
+        if self._at_most_once:
+            raise UnknownPutError(
+                f"{server.name} did not answer {count} put(s), which may have been stored "
+                f"there: {error}",
+                server.where,
+            ) from error
+
+    async def put_many(
+        self,
+        bodies: Iterable[bytes | TBody],
+        priority: int = DEFAULT_PRIORITY,
+        delay: int = DEFAULT_DELAY,
+        ttr: int = DEFAULT_TTR,
+        *,
+        key: Key | None = None,
+    ) -> list[Job[TBody]]:
+        """Insert many jobs, spread over the servers, every server's share at once.
+
+        See :meth:`greenstalk.Pool.put_many`.
+        """
+        self._condition()
+        items = list(bodies)
+        jobs: list[Job[TBody] | None] = [None] * len(items)
+        refused: dict[int, BeanstalkdError] = {}
+        pending = list(range(len(items)))
+        reasons: list[str] = []
+        rounds = 0
+        while pending:
+            rounds += 1
+            if rounds > len(self._servers) + 1:
+                raise NoServerError("no server of the pool took the puts: " + "; ".join(reasons))
+            shares = _shares(pending, self._candidates(key), key)
+            outcomes = await asyncio.gather(
+                *(self._put_share(server, [items[i] for i in indexes], priority, delay, ttr)
+                  for server, indexes in shares),
+                return_exceptions=True,
+            )
+            pending = []
+            for (server, indexes), outcome in zip(shares, outcomes):
+                if isinstance(outcome, PutManyError):
+                    ids: list[int | None] = list(outcome.ids)
+                    for position, error in outcome.errors.items():
+                        if isinstance(error, _REFUSED_HERE):
+                            pending.append(indexes[position])
+                            ids[position] = None
+                            self._mark_down(server, error)
+                        else:
+                            refused[indexes[position]] = error
+                elif isinstance(outcome, ClientConnectionError):
+                    self._put_failed(server, outcome, len(indexes))
+                    reasons.append(f"{server.name}: {outcome}")
+                    pending.extend(indexes)
+                    continue
+                elif isinstance(outcome, BaseException):
+                    raise outcome
+                else:
+                    ids = list(outcome)
+                for index, job_id in zip(indexes, ids):
+                    if job_id is not None:
+                        jobs[index] = cast(Job[TBody], Job(job_id, items[index], server.where))
+                        server.puts += 1
+        if refused:
+            raise PutManyError(cast(Any, jobs), refused)
+        return cast(list[Job[TBody]], jobs)
+
+    async def _put_share(
+        self, server: _Server, bodies: list[Any], priority: int, delay: int, ttr: int
+    ) -> list[int]:
+        client = await self._producer(server)
+        return await client.put_many(bodies, priority, delay, ttr)
+
+    async def use(self, tube: str) -> None:
+        """Make ``put`` insert into ``tube`` on every server."""
+        setup_requests(tube, [DEFAULT_TUBE])
+        self._use = tube
+        for server in self._servers:
+            if server.producer is not None:
+                with contextlib.suppress(ClientConnectionError):
+                    await self._on(server, lambda client: client.use(tube))
+
+    async def using(self) -> str:
+        """The tube ``put`` inserts into."""
+        return self._use
+
+    # -- consumer ------------------------------------------------------------
+
+    async def watch(self, tube: str) -> int:
+        """Add ``tube`` to the watch list on every server; return how many are watched."""
+        setup_requests(DEFAULT_TUBE, [tube])
+        if tube not in self._watch:
+            await self._change_watch([*self._watch, tube])
+        return len(self._watch)
+
+    async def ignore(self, tube: str) -> int:
+        """Remove ``tube`` from the watch list; return how many are watched.
+
+        Raises :class:`~greenstalk.NotIgnoredError` if it is the only one.
+        """
+        if tube in self._watch:
+            if len(self._watch) == 1:
+                raise NotIgnoredError(f"ignore {tube}: NOT_IGNORED (the only watched tube)")
+            await self._change_watch([t for t in self._watch if t != tube])
+        return len(self._watch)
+
+    async def watching(self) -> list[str]:
+        """The watched tubes."""
+        return list(self._watch)
+
+    async def _change_watch(self, tubes: list[str]) -> None:
+        self._watch = tubes
+        self._watch_generation += 1
+        reserving = [s.reserving for s in self._servers if s.reserving is not None]
+        stale = list(self._ready)
+        self._ready.clear()
+        await asyncio.gather(*(client.close() for client in reserving))
+        await asyncio.gather(*(self._give_back(held) for held in stale))
+
+    async def reserve(self, timeout: int | None = None) -> Job[TBody]:
+        """Reserve a job from any server; see :meth:`greenstalk.Pool.reserve`."""
+        if timeout is not None and (type(timeout) is not int or timeout < 0):
+            raise ValueError(f"timeout must be a whole number of seconds >= 0, not {timeout!r}")
+        changed = self._condition()
+        async with changed:
+            self._waiting += 1
+            self._start_consumers()
+            changed.notify_all()
+            try:
+                wait = None if timeout is None else max(timeout, 0.05)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(changed.wait_for(self._has_job), wait)
+                if self._closed:
+                    raise ClientConnectionError("the pool is closed")
+                if not self._ready:
+                    raise TimedOutError(f"reserve-with-timeout {timeout}: TIMED_OUT")
+                held = self._next_ready()
+                held.release_at = None
+                self._handed[(held.server.where, held.job.id)] = held
+                return cast(Job[TBody], held.job)
+            finally:
+                self._waiting -= 1
+
+    def _has_job(self) -> bool:
+        return bool(self._ready) or self._closed
+
+    def _next_ready(self) -> _Held:
+        """Take the reserved job to hand out: from the server served least so far.
+
+        A server that answers faster (a Unix socket, a less loaded host)
+        delivers first more often; choosing among the jobs waiting keeps
+        each server's share even when all have work.
+        """
+        held = min(self._ready, key=lambda entry: entry.server.handed)
+        self._ready.remove(held)
+        held.server.handed += 1
+        return held
+
+    def _start_consumers(self) -> None:
+        for server in self._servers:
+            if server.task is None:
+                server.task = asyncio.ensure_future(self._consume(server))
+
+    async def _consume(self, server: _Server) -> None:
+        changed = self._condition()
+        while not self._closed:
+            async with changed:
+                while True:
+                    now = monotonic()
+                    expired = [
+                        held
+                        for held in self._ready
+                        if held.server is server
+                        and held.release_at is not None
+                        and held.release_at <= now
+                    ]
+                    if expired or (self._waiting > len(self._ready) and server.health.up):
+                        break
+                    times = [
+                        held.release_at
+                        for held in self._ready
+                        if held.server is server and held.release_at is not None
+                    ]
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(
+                            changed.wait(), min(times) - now if times else None
+                        )
+                for held in expired:
+                    self._ready.remove(held)
+            if expired:
+                await asyncio.gather(*(self._give_back(held) for held in expired))
+            else:
+                await self._reserve_on(server)
+
+    def _consumer(self, server: _Server) -> Client[Any] | None:
+        while server.free:
+            client = server.free.pop()
+            if server.watch_generation.get(client) == self._watch_generation:
+                return client
+            server.watch_generation.pop(client, None)
+            self._closing.add(asyncio.ensure_future(client.close()))
+            self._closing = {task for task in self._closing if not task.done()}
+        return None
+
+    async def _reserve_on(self, server: _Server) -> None:
+        client = self._consumer(server)
+        generation = self._watch_generation
+        try:
+            if client is None:
+                client = await self._client(server, watch=list(self._watch))
+                server.watch_generation[client] = generation
+            server.reserving = client
+            if self._closed or server.watch_generation.get(client) != self._watch_generation:
+                await client.close()
+            job = await client.reserve(RESERVE_ROUND)
+        except (TimedOutError, DeadlineSoonError):
+            server.reserving = None
+            await self._free_client(server, cast(Client[Any], client))
+            return
+        except (ClientConnectionError, BeanstalkdError) as error:
+            server.reserving = None
+            interrupted = self._closed or (
+                client is not None and server.watch_generation.get(client) != self._watch_generation
+            )
+            if client is not None:
+                server.watch_generation.pop(client, None)
+                await client.close()
+            if not interrupted:
+                self._mark_down(server, error)
+            return
+        server.reserving = None
+        held = _Held(server, client, Job(job.id, job.body, server.where))
+        if self._closed or server.watch_generation.get(client) != self._watch_generation:
+            await self._give_back(held)
+            return
+        held.release_at = monotonic() + SURPLUS_GRACE
+        changed = self._condition()
+        async with changed:
+            self._ready.append(held)
+            changed.notify_all()
+
+    async def _give_back(self, held: _Held) -> None:
+        client = held.client
+        try:
+            priority = (await client.stats_job(held.job.id))["pri"]
+            await client.release(held.job.id, priority)
+        except ClientConnectionError:
+            await client.close()
+            return
+        except BeanstalkdError:
+            pass
+        await self._free_client(held.server, client)
+
+    async def _free_client(self, server: _Server, client: Client[Any]) -> None:
+        if self._closed or client.closed or server.watch_generation.get(client) is None:
+            server.watch_generation.pop(client, None)
+            await client.close()
+            return
+        server.free.append(client)
+        await self._notify()
+
+    async def _finish(
+        self, job: JobOrID, command: Callable[[Client[Any], int], Awaitable[None]]
+    ) -> bool:
+        server = self._server_of(job)
+        job_id = _job_id(job)
+        held = self._handed.get((server.where, job_id))
+        if held is None:
+            return False
+        if held.client.closed:
+            del self._handed[(server.where, job_id)]
+            raise NotFoundError(
+                f"job {job_id} on {server.name} was lost with the connection that reserved it"
+            )
+        await command(held.client, job_id)
+        return True
+
+    async def _done(self, job: JobOrID) -> None:
+        server = self._server_of(job)
+        held = self._handed.pop((server.where, _job_id(job)), None)
+        if held is not None:
+            await self._free_client(server, held.client)
+
+    async def delete(self, job: JobOrID) -> None:
+        """Delete a job: one this pool reserved, or a ready, delayed or buried one."""
+        if await self._finish(job, lambda c, i: c.delete(i)):
+            await self._done(job)
+            return
+        server = self._server_of(job)
+        await self._on(server, lambda client: client.delete(_job_id(job)))
+
+    async def release(
+        self, job: JobOrID, priority: int = DEFAULT_PRIORITY, delay: int = DEFAULT_DELAY
+    ) -> None:
+        """Put a job this pool reserved back into its tube. Raises NotFoundError."""
+        if not await self._finish(job, lambda c, i: c.release(i, priority, delay)):
+            raise NotFoundError(f"release {_job_id(job)}: NOT_FOUND (not reserved by this pool)")
+        await self._done(job)
+
+    async def bury(self, job: JobOrID, priority: int = DEFAULT_PRIORITY) -> None:
+        """Bury a job this pool reserved. Raises NotFoundError."""
+        if not await self._finish(job, lambda c, i: c.bury(i, priority)):
+            raise NotFoundError(f"bury {_job_id(job)}: NOT_FOUND (not reserved by this pool)")
+        await self._done(job)
+
+    async def touch(self, job: JobOrID) -> None:
+        """Restart the TTR of a job this pool reserved. Raises NotFoundError."""
+        if not await self._finish(job, lambda c, i: c.touch(i)):
+            raise NotFoundError(f"touch {_job_id(job)}: NOT_FOUND (not reserved by this pool)")
+
+    async def reserve_job(self, job: JobOrID) -> Job[TBody]:
+        """Reserve a specific job on its server. Raises NotFoundError."""
+        self._condition()
+        server = self._server_of(job)
+        client = self._consumer(server)
+        if client is None:
+            try:
+                client = await self._client(server, watch=list(self._watch))
+            except ClientConnectionError as error:
+                self._mark_down(server, error)
+                raise
+            server.watch_generation[client] = self._watch_generation
+        try:
+            found = await client.reserve_job(_job_id(job))
+        except BaseException:
+            await self._free_client(server, client)
+            raise
+        held = _Held(server, client, Job(found.id, found.body, server.where))
+        self._handed[(server.where, found.id)] = held
+        return cast(Job[TBody], held.job)
+
+    # -- inspection ----------------------------------------------------------
+
+    def _located(self, server: _Server, job: Job[Any]) -> Job[TBody]:
+        return cast(Job[TBody], Job(job.id, job.body, server.where))
+
+    async def peek(self, job: JobOrID) -> Job[TBody]:
+        """Return a job from its server without reserving it. Raises NotFoundError."""
+        server = self._server_of(job)
+        return self._located(server, await self._on(server, lambda c: c.peek(_job_id(job))))
+
+    async def _peek_best(
+        self,
+        peek: Callable[[Client[Any]], Awaitable[Job[Any]]],
+        rank: Callable[[StatsJob], Any],
+    ) -> Job[TBody]:
+        async def candidate(server: _Server) -> tuple[Any, Job[TBody]] | None:
+            try:
+                job = await self._on(server, peek)
+                stats = await self._on(server, lambda c: c.stats_job(job))
+            except (NotFoundError, ClientConnectionError):
+                return None
+            return rank(stats), self._located(server, job)
+
+        found = [
+            pair
+            for pair in await asyncio.gather(*(candidate(s) for s in self._servers))
+            if pair is not None
+        ]
+        if not found:
+            raise NotFoundError("peek: NOT_FOUND (no server has such a job in the used tube)")
+        return min(found, key=lambda pair: pair[0])[1]
+
+    async def peek_ready(self) -> Job[TBody]:
+        """The most urgent ready job of the used tube over all servers. Raises NotFoundError."""
+        return await self._peek_best(lambda c: c.peek_ready(), lambda s: (s["pri"], -s["age"]))
+
+    async def peek_delayed(self) -> Job[TBody]:
+        """The delayed job of the used tube ready first over all servers. Raises NotFoundError."""
+        return await self._peek_best(lambda c: c.peek_delayed(), lambda s: s["time-left"])
+
+    async def peek_buried(self) -> Job[TBody]:
+        """The oldest buried job of the used tube over all servers. Raises NotFoundError."""
+        return await self._peek_best(lambda c: c.peek_buried(), lambda s: -s["age"])
+
+    async def kick(self, bound: int) -> int:
+        """Kick up to ``bound`` jobs of the used tube over the servers in turn; return how many."""
+        kicked = 0
+        for server in self._servers:
+            if kicked >= bound:
+                break
+            try:
+                kick = functools.partial(Client.kick, bound=bound - kicked)
+                kicked += await self._on(server, kick)
+            except ClientConnectionError:
+                continue
+        return kicked
+
+    async def kick_job(self, job: JobOrID) -> None:
+        """Move one buried or delayed job to ready, on its server. Raises NotFoundError."""
+        server = self._server_of(job)
+        await self._on(server, lambda c: c.kick_job(_job_id(job)))
+
+    async def stats_job(self, job: JobOrID) -> StatsJob:
+        """The statistics of a job, from its server. Raises NotFoundError."""
+        server = self._server_of(job)
+        return await self._on(server, lambda c: c.stats_job(_job_id(job)))
+
+    async def stats(self) -> Stats:
+        """The statistics of every server that answers, added up."""
+        results = await self._on_each(lambda c: c.stats())
+        return sum_stats(r for r in results.values() if isinstance(r, dict))
+
+    async def stats_by_server(self) -> dict[Where, Stats]:
+        """The statistics of each server that answers, by address."""
+        results = await self._on_each(lambda c: c.stats())
+        return {where: r for where, r in results.items() if isinstance(r, dict)}
+
+    async def stats_tube(self, tube: str) -> StatsTube:
+        """The statistics of ``tube`` over the servers that have it. Raises NotFoundError."""
+        results = await self._on_each(lambda c: c.stats_tube(tube))
+        return sum_tube_stats(
+            tube, {w: (r if isinstance(r, dict) else None) for w, r in results.items()}
+        )
+
+    async def tubes(self) -> list[str]:
+        """Every tube on any server that answers."""
+        results = await self._on_each(lambda c: c.tubes())
+        return merge_tubes(r for r in results.values() if isinstance(r, list))
+
+    async def pause_tube(self, tube: str, delay: int) -> None:
+        """Pause ``tube`` on every server that has it. Raises NotFoundError if none has."""
+        results = await self._on_each(lambda c: c.pause_tube(tube, delay))
+        if all(isinstance(r, NotFoundError) for r in results.values()):
+            raise NotFoundError(f"pause-tube {tube}: NOT_FOUND (no server has this tube)")
+
+    def held_jobs(self) -> list[Job[TBody]]:
+        """The jobs this pool has handed out and not yet deleted, released or buried."""
+        return [cast(Job[TBody], held.job) for held in self._handed.values()]
+
+    def unknown_puts_by_server(self) -> dict[Where, int]:
+        """Puts sent to each server without an answer (each may also exist elsewhere)."""
+        return {server.where: server.unknown_puts for server in self._servers}
+
+
+def _shares(
+    indexes: list[int], servers: list[_Server], key: Key | None
+) -> list[tuple[_Server, list[int]]]:
+    if key is not None or len(servers) == 1:
+        return [(servers[0], indexes)]
+    live = [s for s in servers if s.health.up] or servers[:1]
+    return [(server, indexes[n :: len(live)]) for n, server in enumerate(live)]
+
+
+def _job_id(job: JobOrID) -> int:
+    return job.id if isinstance(job, Job) else job
+
+
+__all__ = ["Pool"]

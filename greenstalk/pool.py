@@ -1,0 +1,1017 @@
+"""``greenstalk.Pool``: one client for several beanstalkd servers.
+
+Producers spread jobs over the servers (round-robin, or by key with
+rendezvous hashing) and fail over when one stops answering; consumers
+reserve from all of them at once. Each server has one connection for puts
+and commands, and consumer connections that a thread per server keeps
+reserving on while someone waits for a job.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import functools
+import socket
+import ssl as _ssl
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from time import monotonic
+from types import TracebackType
+from typing import Any, Callable, Generic, TypeVar, cast, overload
+
+from ._base import (
+    DEFAULT_DELAY,
+    DEFAULT_PRIORITY,
+    DEFAULT_TTR,
+    DEFAULT_TUBE,
+    Job,
+    JobOrID,
+    TBody,
+    Where,
+    setup_requests,
+)
+from ._placement import Health, Key, Placement
+from ._pool_common import (
+    RESERVE_ROUND,
+    SURPLUS_GRACE,
+    NoServerError,
+    PoolAddresses,
+    UnknownPutError,
+    merge_tubes,
+    name_of,
+    pool_addresses,
+    sum_stats,
+    sum_tube_stats,
+)
+from ._protocol.errors import (
+    BeanstalkdError,
+    ClientConnectionError,
+    CommandNotSentError,
+    DeadlineSoonError,
+    DrainingError,
+    NotFoundError,
+    NotIgnoredError,
+    OutOfMemoryError,
+    PutManyError,
+    TimedOutError,
+)
+from ._protocol.stats import Stats, StatsJob, StatsTube
+from .client import Client
+
+T = TypeVar("T")
+
+# put_many sends the servers' shares at once (a thread each) from this many bodies.
+_SHARES_AT_ONCE = 256
+# Server refusals that say "not here, try another server".
+_REFUSED_HERE = (DrainingError, OutOfMemoryError)
+
+
+class _Held:
+    """A job reserved on a consumer connection, waiting for the caller or in its hands."""
+
+    __slots__ = ("client", "job", "release_at", "server")
+
+    def __init__(self, server: _Server, client: Client[Any], job: Job[Any]) -> None:
+        self.server = server
+        self.client = client
+        self.job = job
+        #: When to give the job back if nobody has asked for it (monotonic clock).
+        self.release_at: float | None = None
+
+
+class _Server:
+    """One server of a pool: its health, its command connection, its consumers."""
+
+    def __init__(self, where: Where, health: Health) -> None:
+        self.where = where
+        self.name = name_of(where)
+        self.health = health
+        #: The connection for puts and every command that is not a reservation.
+        self.producer: Client[Any] | None = None
+        #: Consumer connections holding no job, and not reserving.
+        self.free: list[Client[Any]] = []
+        #: The consumer connection reserving now, if any.
+        self.reserving: Client[Any] | None = None
+        #: The watch list each consumer connection was given (a generation number).
+        self.watch_generation: dict[Client[Any], int] = {}
+        self.thread: threading.Thread | None = None
+        #: Puts this server took; puts sent to it whose fate is unknown.
+        self.puts = 0
+        self.unknown_puts = 0
+        #: Jobs of this server handed out by reserve.
+        self.handed = 0
+
+
+class Pool(Generic[TBody]):
+    """Several beanstalkd servers used as one.
+
+    ``addresses`` lists the servers (``(host, port)`` tuples and Unix socket
+    paths); None reads them from ``$BEANSTALKD_ADDRESS`` (comma-separated
+    ``host:port`` and paths). ``encoding``, ``use`` and ``watch`` mean what
+    they mean for :class:`~greenstalk.Client`, on every server.
+
+    Puts go to the servers in turn (``strategy='round-robin'``, or
+    ``'random'``); ``put(..., key=k)`` sends every job with key ``k`` to the
+    same live server (rendezvous hashing: adding a server moves only the
+    keys it takes over). A server that refuses connections, drops one, or
+    does not answer within ``socket_timeout`` seconds is marked down and
+    probed in the background after ``retry_base`` seconds, doubling up to
+    ``retry_cap``; meanwhile the others take its work. A put that surely did
+    not reach it is placed on another server. A put whose fate is unknown
+    (sent, no reply) is placed on another server too and counted in
+    :attr:`unknown_puts` (it may exist twice: at-least-once), or, with
+    ``at_most_once=True``, raises :class:`~greenstalk.UnknownPutError`.
+
+    What ``put`` and ``reserve`` return is a :class:`~greenstalk.Job` with
+    ``address`` set to its server; ``delete``, ``release``, ``bury`` and
+    ``touch`` of it go to that server, on the connection that reserved it.
+    ``reserve`` waits on every server at once. A pool is used by one thread
+    at a time, as a client is; it runs threads of its own for waiting
+    reserves and for probing servers that are down.
+
+    Raises ValueError or TypeError for invalid arguments, and
+    :class:`~greenstalk.NoServerError` when no server can be reached.
+    """
+
+    @overload
+    def __init__(
+        self: Pool[bytes],
+        addresses: PoolAddresses = None,
+        encoding: None = None,
+        use: str = DEFAULT_TUBE,
+        watch: str | Iterable[str] = DEFAULT_TUBE,
+        *,
+        strategy: str = "round-robin",
+        socket_timeout: float | None = 5.0,
+        socket_connect_timeout: float | None = 2.0,
+        ssl: _ssl.SSLContext | None = None,
+        at_most_once: bool = False,
+        retry_base: float = 0.5,
+        retry_cap: float = 30.0,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: Pool[str],
+        addresses: PoolAddresses,
+        encoding: str,
+        use: str = DEFAULT_TUBE,
+        watch: str | Iterable[str] = DEFAULT_TUBE,
+        *,
+        strategy: str = "round-robin",
+        socket_timeout: float | None = 5.0,
+        socket_connect_timeout: float | None = 2.0,
+        ssl: _ssl.SSLContext | None = None,
+        at_most_once: bool = False,
+        retry_base: float = 0.5,
+        retry_cap: float = 30.0,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        addresses: PoolAddresses = None,
+        encoding: str | None = None,
+        use: str = DEFAULT_TUBE,
+        watch: str | Iterable[str] = DEFAULT_TUBE,
+        *,
+        strategy: str = "round-robin",
+        socket_timeout: float | None = 5.0,
+        socket_connect_timeout: float | None = 2.0,
+        ssl: _ssl.SSLContext | None = None,
+        at_most_once: bool = False,
+        retry_base: float = 0.5,
+        retry_cap: float = 30.0,
+    ) -> None:
+        wheres = pool_addresses(addresses)
+        if encoding is not None:
+            "".encode(encoding)  # a LookupError now, not at the first put
+        watch_list = [watch] if isinstance(watch, str) else list(watch)
+        if not watch_list:
+            raise ValueError("watch must name at least one tube")
+        setup_requests(use, watch_list)  # checks the tube names
+        self.encoding = encoding
+        self._use = use
+        self._watch = list(dict.fromkeys(watch_list))
+        self._watch_generation = 0
+        self._timeout = socket_timeout
+        self._connect_timeout = socket_connect_timeout
+        self._ssl = ssl
+        self._at_most_once = at_most_once
+        self._servers: list[_Server] = [
+            _Server(where, Health(retry_base, retry_cap)) for where in wheres
+        ]
+        self._by_where = {server.where: server for server in self._servers}
+        self._placement = Placement(self._servers, [s.name for s in self._servers], strategy)
+        #: Guards the consumer state below; the threads wait on it.
+        self._lock = threading.Condition()
+        #: Jobs reserved and not yet handed out, oldest first.
+        self._ready: deque[_Held] = deque()
+        #: Jobs handed out, by (server, id): the connection that holds each.
+        self._handed: dict[tuple[Where, int], _Held] = {}
+        #: Callers waiting in reserve().
+        self._waiting = 0
+        self._closed = False
+        self._prober: threading.Thread | None = None
+        #: Threads that pipeline put_many's shares at once, made on first use.
+        self._putters: concurrent.futures.ThreadPoolExecutor | None = None
+        #: Puts sent to a server that did not answer, then placed elsewhere (or raised).
+        self.unknown_puts = 0
+        reasons = []
+        for server in self._servers:
+            try:
+                self._producer(server)
+            except ClientConnectionError as error:
+                self._mark_down(server, error)
+                reasons.append(f"{server.name}: {error}")
+        if len(reasons) == len(self._servers):
+            self.close()
+            raise NoServerError("cannot connect to any server of the pool: " + "; ".join(reasons))
+
+    def __repr__(self) -> str:
+        return f"greenstalk.Pool([{', '.join(s.name for s in self._servers)}])"
+
+    def __enter__(self) -> Pool[TBody]:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def addresses(self) -> list[Where]:
+        """The servers of the pool, in the order given."""
+        return [server.where for server in self._servers]
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def servers_up(self) -> list[Where]:
+        """The servers not marked down."""
+        return [server.where for server in self._servers if server.health.up]
+
+    def close(self) -> None:
+        """Close every connection and stop the pool's threads.
+
+        Jobs the pool had reserved go back to the ready queue on their servers.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._lock.notify_all()
+            threads = [s.thread for s in self._servers if s.thread is not None]
+            for server in self._servers:
+                if server.reserving is not None:
+                    _interrupt(server.reserving)
+        for thread in threads:
+            thread.join()
+        if self._prober is not None:
+            self._prober.join()
+        if self._putters is not None:
+            self._putters.shutdown()
+        clients: list[Client[Any]] = [held.client for held in self._handed.values()]
+        clients += [held.client for held in self._ready]
+        for each in self._servers:
+            if each.producer is not None:
+                clients.append(each.producer)
+            clients += each.free
+            each.producer = None
+            each.free = []
+        for client in clients:
+            client.close()
+        self._handed.clear()
+        self._ready.clear()
+
+    # -- servers and their health -----------------------------------------
+
+    def _client(self, server: _Server, **tubes: Any) -> Client[Any]:
+        return Client(
+            server.where,
+            self.encoding,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._connect_timeout,
+            ssl=self._ssl,
+            **tubes,
+        )
+
+    def _producer(self, server: _Server) -> Client[Any]:
+        """The server's command connection, opened if need be. Raises ClientConnectionError."""
+        client = server.producer
+        if client is None:
+            client = Client(
+                server.where,
+                self.encoding,
+                use=self._use,
+                socket_timeout=self._timeout,
+                socket_connect_timeout=self._connect_timeout,
+                ssl=self._ssl,
+                reconnect=True,
+            )
+            server.producer = client
+        return client
+
+    def _mark_down(self, server: _Server, error: BaseException) -> None:
+        """Take ``server`` out of rotation after ``error``; the prober brings it back."""
+        with self._lock:
+            server.health.failed(monotonic(), str(error))
+            if self._prober is None and not self._closed:
+                self._prober = threading.Thread(
+                    target=self._probe_loop, name="greenstalk-pool-prober", daemon=True
+                )
+                self._prober.start()
+            self._lock.notify_all()
+
+    def _probe_loop(self) -> None:
+        """Probe each down server when its retry is due, until the pool closes."""
+        while True:
+            with self._lock:
+                while True:
+                    if self._closed:
+                        return
+                    now = monotonic()
+                    due = [s for s in self._servers if s.health.due(now)]
+                    if due:
+                        break
+                    down = [s.health.retry_at for s in self._servers if not s.health.up]
+                    self._lock.wait(min(down) - now if down else None)
+            for server in due:
+                self._probe(server)
+
+    def _probe(self, server: _Server) -> None:
+        """Check that ``server`` answers and takes jobs; mark it up or down again."""
+        try:
+            with self._client(server) as client:
+                if client.stats()["draining"]:
+                    raise DrainingError("the server is in drain mode")
+        except (ClientConnectionError, BeanstalkdError) as error:
+            with self._lock:
+                server.health.failed(monotonic(), str(error))
+            return
+        with self._lock:
+            server.health.succeeded()
+            self._lock.notify_all()
+
+    def _server_of(self, job: JobOrID) -> _Server:
+        """The server ``job`` lives on. Raises TypeError or ValueError when that is unknown."""
+        if isinstance(job, Job) and job.address is not None:
+            server = self._by_where.get(job.address)
+            if server is None:
+                raise ValueError(f"{job!r} is from a server this pool does not have")
+            return server
+        if isinstance(job, (Job, int)) and len(self._servers) == 1:
+            return self._servers[0]
+        raise TypeError(
+            "a pool needs to know the job's server: pass the Job that put or reserve returned"
+        )
+
+    def _on(self, server: _Server, command: Callable[[Client[Any]], T]) -> T:
+        """Run ``command`` on ``server``'s command connection.
+
+        A failed connection marks the server down; raises ClientConnectionError.
+        """
+        try:
+            return command(self._producer(server))
+        except ClientConnectionError as error:
+            self._mark_down(server, error)
+            raise
+
+    def _on_each(self, command: Callable[[Client[Any]], T]) -> dict[Where, T | BeanstalkdError]:
+        """Run ``command`` on every server that answers; a server's refusal is its result.
+
+        Servers marked down are left out, unless all are.
+        Raises NoServerError when no server answered.
+        """
+        results: dict[Where, T | BeanstalkdError] = {}
+        reasons = []
+        servers = [s for s in self._servers if s.health.up] or self._servers
+        for server in servers:
+            try:
+                results[server.where] = self._on(server, command)
+            except BeanstalkdError as refusal:
+                results[server.where] = refusal
+            except ClientConnectionError as error:
+                reasons.append(f"{server.name}: {error}")
+        if not results:
+            raise NoServerError("no server of the pool answered: " + "; ".join(reasons))
+        return results
+
+    # -- producer ------------------------------------------------------------
+
+    def _candidates(self, key: Key | None) -> list[_Server]:
+        """The servers to try for a put, in order: live ones, then those marked down."""
+        order = self._placement.order(key)
+        return [s for s in order if s.health.up] + [s for s in order if not s.health.up]
+
+    def put(
+        self,
+        body: bytes | TBody,
+        priority: int = DEFAULT_PRIORITY,
+        delay: int = DEFAULT_DELAY,
+        ttr: int = DEFAULT_TTR,
+        *,
+        key: Key | None = None,
+    ) -> Job[TBody]:
+        """Insert a job on one server and return it (``job.address`` says which).
+
+        Arguments are those of :meth:`Client.put <greenstalk.Client.put>`;
+        ``key`` sends every job with the same key to the same live server.
+        Raises :class:`~greenstalk.NoServerError` when no server took it,
+        :class:`~greenstalk.UnknownPutError` (``at_most_once``), and the
+        errors of ``Client.put`` for invalid arguments or a body too big.
+        """
+        server = self._placement.first(key)
+        if server.health.up:
+            try:
+                producer = server.producer or self._producer(server)
+                job_id = producer.put(body, priority, delay, ttr)
+            except (ClientConnectionError, *_REFUSED_HERE) as error:
+                return self._put_elsewhere(body, priority, delay, ttr, key, server, error)
+            server.puts += 1
+            return cast(Job[TBody], Job(job_id, body, server.where))
+        return self._put_elsewhere(body, priority, delay, ttr, key, None, None)
+
+    def _put_elsewhere(
+        self,
+        body: bytes | TBody,
+        priority: int,
+        delay: int,
+        ttr: int,
+        key: Key | None,
+        failed: _Server | None,
+        error: BaseException | None,
+    ) -> Job[TBody]:
+        """Place a put on the servers in turn, after ``failed`` (if any) failed with ``error``.
+
+        Raises NoServerError when none takes it, UnknownPutError (at_most_once).
+        """
+        reasons: list[str] = []
+        if failed is not None and error is not None:
+            reasons.append(self._failed_put(failed, error))
+        for server in self._candidates(key):
+            if server is failed:
+                continue
+            try:
+                job_id = self._producer(server).put(body, priority, delay, ttr)
+            except (ClientConnectionError, *_REFUSED_HERE) as error:
+                reasons.append(self._failed_put(server, error))
+                continue
+            server.puts += 1
+            return cast(Job[TBody], Job(job_id, body, server.where))
+        raise NoServerError("no server of the pool took the put: " + "; ".join(reasons))
+
+    def _failed_put(self, server: _Server, error: BaseException) -> str:
+        """Take ``server`` out after a failed put; the reason, for NoServerError's message."""
+        if isinstance(error, ClientConnectionError):
+            self._put_failed(server, error, 1)
+        else:
+            self._mark_down(server, error)
+        return f"{server.name}: {error}"
+
+    def _put_failed(self, server: _Server, error: ClientConnectionError, count: int) -> None:
+        """Mark ``server`` down after a failed put of ``count`` jobs.
+
+        A put that may have reached it is counted, and raised as
+        UnknownPutError with ``at_most_once``.
+        """
+        self._mark_down(server, error)
+        if isinstance(error, CommandNotSentError):
+            return
+        self.unknown_puts += count
+        server.unknown_puts += count
+        if self._at_most_once:
+            raise UnknownPutError(
+                f"{server.name} did not answer {count} put(s), which may have been stored "
+                f"there: {error}",
+                server.where,
+            ) from error
+
+    def put_many(
+        self,
+        bodies: Iterable[bytes | TBody],
+        priority: int = DEFAULT_PRIORITY,
+        delay: int = DEFAULT_DELAY,
+        ttr: int = DEFAULT_TTR,
+        *,
+        key: Key | None = None,
+    ) -> list[Job[TBody]]:
+        """Insert many jobs, spread over the live servers and pipelined on each.
+
+        Returns the jobs in the order of ``bodies``. With ``key``, all go to
+        the key's server. A server that fails has its share placed on the
+        others (as :meth:`put` does). Raises :class:`~greenstalk.PutManyError`
+        when servers refused some bodies (its ``ids`` holds a Job or None per
+        body), and NoServerError when no server is left.
+        """
+        items = list(bodies)
+        jobs: list[Job[TBody] | None] = [None] * len(items)
+        refused: dict[int, BeanstalkdError] = {}
+        pending = list(range(len(items)))
+        reasons: list[str] = []
+        rounds = 0
+        while pending:
+            rounds += 1
+            if rounds > len(self._servers) + 1:
+                raise NoServerError("no server of the pool took the puts: " + "; ".join(reasons))
+            shares = self._shares(pending, self._candidates(key), key)
+            outcomes = self._put_shares(shares, items, priority, delay, ttr)
+            pending = []
+            for (server, indexes), outcome in zip(shares, outcomes):
+                if isinstance(outcome, PutManyError):
+                    ids: list[int | None] = list(outcome.ids)
+                    for position, error in outcome.errors.items():
+                        if isinstance(error, _REFUSED_HERE):
+                            pending.append(indexes[position])
+                            ids[position] = None
+                            self._mark_down(server, error)
+                        else:
+                            refused[indexes[position]] = error
+                elif isinstance(outcome, ClientConnectionError):
+                    self._put_failed(server, outcome, len(indexes))
+                    reasons.append(f"{server.name}: {outcome}")
+                    pending.extend(indexes)
+                    continue
+                elif isinstance(outcome, BaseException):
+                    raise outcome
+                else:
+                    ids = list(outcome)
+                for index, job_id in zip(indexes, ids):
+                    if job_id is not None:
+                        jobs[index] = cast(Job[TBody], Job(job_id, items[index], server.where))
+                        server.puts += 1
+        if refused:
+            raise PutManyError(cast(Any, jobs), refused)
+        return cast(list[Job[TBody]], jobs)
+
+    def _put_shares(
+        self,
+        shares: list[tuple[_Server, list[int]]],
+        items: list[Any],
+        priority: int,
+        delay: int,
+        ttr: int,
+    ) -> list[list[int] | BaseException]:
+        """Pipeline each server's share of ``items``: the result or the error of each.
+
+        Several large shares are sent at once, a thread each, so that every
+        server works while the others' replies are read.
+        """
+
+        def put_share(server: _Server, indexes: list[int]) -> list[int] | BaseException:
+            try:
+                return self._producer(server).put_many(
+                    [items[i] for i in indexes], priority, delay, ttr
+                )
+            except (BeanstalkdError, ClientConnectionError, PutManyError) as error:
+                return error
+
+        if len(shares) == 1 or len(items) < _SHARES_AT_ONCE:
+            return [put_share(server, indexes) for server, indexes in shares]
+        if self._putters is None:
+            self._putters = concurrent.futures.ThreadPoolExecutor(
+                len(self._servers), thread_name_prefix="greenstalk-pool-put"
+            )
+        futures = [self._putters.submit(put_share, *share) for share in shares]
+        return [future.result() for future in futures]
+
+    def _shares(
+        self, indexes: list[int], servers: list[_Server], key: Key | None
+    ) -> list[tuple[_Server, list[int]]]:
+        """Split ``indexes`` over ``servers``: all to the first with a key, else in turn."""
+        if key is not None or len(servers) == 1:
+            return [(servers[0], indexes)]
+        live = [s for s in servers if s.health.up] or servers[:1]
+        return [(server, indexes[n :: len(live)]) for n, server in enumerate(live)]
+
+    def use(self, tube: str) -> None:
+        """Make ``put`` insert into ``tube`` on every server."""
+        setup_requests(tube, [DEFAULT_TUBE])  # checks the name
+        self._use = tube
+        for server in self._servers:
+            if server.producer is not None:
+                with contextlib.suppress(ClientConnectionError):
+                    self._on(server, lambda client: client.use(tube))
+
+    def using(self) -> str:
+        """The tube ``put`` inserts into."""
+        return self._use
+
+    # -- consumer ------------------------------------------------------------
+
+    def watch(self, tube: str) -> int:
+        """Add ``tube`` to the watch list on every server; return how many are watched."""
+        setup_requests(DEFAULT_TUBE, [tube])  # checks the name
+        if tube not in self._watch:
+            self._change_watch([*self._watch, tube])
+        return len(self._watch)
+
+    def ignore(self, tube: str) -> int:
+        """Remove ``tube`` from the watch list; return how many are watched.
+
+        Raises :class:`~greenstalk.NotIgnoredError` if it is the only one.
+        """
+        if tube in self._watch:
+            if len(self._watch) == 1:
+                raise NotIgnoredError(f"ignore {tube}: NOT_IGNORED (the only watched tube)")
+            self._change_watch([t for t in self._watch if t != tube])
+        return len(self._watch)
+
+    def watching(self) -> list[str]:
+        """The watched tubes."""
+        return list(self._watch)
+
+    def _change_watch(self, tubes: list[str]) -> None:
+        with self._lock:
+            self._watch = tubes
+            self._watch_generation += 1
+            # Reserves under way may hand out jobs of the old list: stop them.
+            for server in self._servers:
+                if server.reserving is not None:
+                    _interrupt(server.reserving)
+            stale = list(self._ready)
+            self._ready.clear()
+        for held in stale:
+            self._give_back(held)
+
+    def reserve(self, timeout: int | None = None) -> Job[TBody]:
+        """Reserve a job from the watched tubes of any server, waiting until one is ready.
+
+        With ``timeout`` (seconds, 0 to poll) raises
+        :class:`~greenstalk.TimedOutError` when no job came in time. The job
+        is reserved on the server in ``job.address``.
+        """
+        if timeout is not None and (type(timeout) is not int or timeout < 0):
+            raise ValueError(f"timeout must be a whole number of seconds >= 0, not {timeout!r}")
+        with self._lock:
+            if self._closed:
+                raise ClientConnectionError("the pool is closed")
+            self._waiting += 1
+            self._start_consumers()
+            self._lock.notify_all()
+            try:
+                deadline = None if timeout is None else monotonic() + max(timeout, 0.05)
+                while not self._ready:
+                    if self._closed:
+                        raise ClientConnectionError("the pool is closed")
+                    left = None if deadline is None else deadline - monotonic()
+                    if left is not None and left <= 0:
+                        raise TimedOutError(f"reserve-with-timeout {timeout}: TIMED_OUT")
+                    self._lock.wait(left)
+                held = self._next_ready()
+                held.release_at = None
+                self._handed[(held.server.where, held.job.id)] = held
+                return cast(Job[TBody], held.job)
+            finally:
+                self._waiting -= 1
+
+    def _next_ready(self) -> _Held:
+        """Take the reserved job to hand out: from the server served least so far.
+
+        A server that answers faster (a Unix socket, a less loaded host)
+        delivers first more often; choosing among the jobs waiting keeps
+        each server's share even when all have work.
+        """
+        held = min(self._ready, key=lambda entry: entry.server.handed)
+        self._ready.remove(held)
+        held.server.handed += 1
+        return held
+
+    def _start_consumers(self) -> None:
+        for server in self._servers:
+            if server.thread is None:
+                server.thread = threading.Thread(
+                    target=self._consume,
+                    args=(server,),
+                    name=f"greenstalk-pool-{server.name}",
+                    daemon=True,
+                )
+                server.thread.start()
+
+    def _wanted(self, server: _Server) -> bool:
+        """Whether ``server``'s thread should reserve now (the lock is held)."""
+        return self._waiting > len(self._ready) and server.health.up
+
+    def _consume(self, server: _Server) -> None:
+        """A server's consumer thread: reserve while jobs are wanted, give back stale ones."""
+        while True:
+            expired: list[_Held] = []
+            with self._lock:
+                while not self._closed:
+                    now = monotonic()
+                    expired = [
+                        held
+                        for held in self._ready
+                        if held.server is server
+                        and held.release_at is not None
+                        and held.release_at <= now
+                    ]
+                    if expired or self._wanted(server):
+                        break
+                    times = [
+                        held.release_at
+                        for held in self._ready
+                        if held.server is server and held.release_at is not None
+                    ]
+                    self._lock.wait(min(times) - now if times else None)
+                if self._closed:
+                    return
+                for held in expired:
+                    self._ready.remove(held)
+                client = None if expired else self._consumer(server)
+                server.reserving = client
+            for held in expired:
+                self._give_back(held)
+            if not expired:
+                self._reserve_on(server, client)
+
+    def _consumer(self, server: _Server) -> Client[Any] | None:
+        """A consumer connection of ``server`` holding no job, up to date with the watch list.
+
+        The lock is held; connecting happens outside it, in _reserve_on.
+        """
+        while server.free:
+            client = server.free.pop()
+            if server.watch_generation.get(client) == self._watch_generation:
+                return client
+            server.watch_generation.pop(client, None)
+            client.close()
+        return None
+
+    def _reserve_on(self, server: _Server, client: Client[Any] | None) -> None:
+        """Reserve one job on ``client`` (a new connection when None) and offer it."""
+        try:
+            if client is None:
+                generation = self._watch_generation
+                client = self._client(server, watch=list(self._watch))
+                with self._lock:
+                    server.watch_generation[client] = generation
+                    server.reserving = client
+                    if self._closed or generation != self._watch_generation:
+                        _interrupt(client)
+            job = client.reserve(RESERVE_ROUND)
+        except (TimedOutError, DeadlineSoonError):
+            with self._lock:
+                server.reserving = None
+            self._free_client(server, cast(Client[Any], client))
+            return
+        except (ClientConnectionError, BeanstalkdError) as error:
+            with self._lock:
+                server.reserving = None
+                interrupted = self._closed or (
+                    client is not None
+                    and server.watch_generation.get(client) != self._watch_generation
+                )
+                if client is not None:
+                    server.watch_generation.pop(client, None)
+            if client is not None:
+                client.close()
+            if not interrupted:
+                self._mark_down(server, error)
+            return
+        held = _Held(server, client, Job(job.id, job.body, server.where))
+        held.release_at = monotonic() + SURPLUS_GRACE
+        with self._lock:
+            server.reserving = None
+            stale = self._closed or server.watch_generation.get(client) != (
+                self._watch_generation
+            )
+            if not stale:
+                self._ready.append(held)
+                self._lock.notify_all()
+        if stale:
+            self._give_back(held)
+
+    def _give_back(self, held: _Held) -> None:
+        """Release a job that was never handed out, with its priority unchanged."""
+        client = held.client
+        try:
+            priority = client.stats_job(held.job.id)["pri"]
+            client.release(held.job.id, priority)
+        except ClientConnectionError:
+            client.close()  # the server releases what a closed connection held
+            return
+        except BeanstalkdError:
+            pass  # gone already (its TTR ran out, or it was deleted)
+        self._free_client(held.server, client)
+
+    def _free_client(self, server: _Server, client: Client[Any]) -> None:
+        """``client`` holds no job any more: it may reserve again."""
+        with self._lock:
+            if self._closed or client.closed or server.watch_generation.get(client) is None:
+                server.watch_generation.pop(client, None)
+                client.close()
+            else:
+                server.free.append(client)
+                self._lock.notify_all()
+
+    def _finish(self, job: JobOrID, command: Callable[[Client[Any], int], None]) -> bool:
+        """Run ``command`` on the connection that reserved ``job``, if the pool did.
+
+        Returns False when the pool did not reserve it. Raises what the
+        command raises; NotFoundError when its connection was lost.
+        """
+        server = self._server_of(job)
+        job_id = job.id if isinstance(job, Job) else job
+        held = self._handed.get((server.where, job_id))
+        if held is None:
+            return False
+        if held.client.closed:
+            del self._handed[(server.where, job_id)]
+            raise NotFoundError(
+                f"job {job_id} on {server.name} was lost with the connection that reserved it"
+            )
+        command(held.client, job_id)
+        return True
+
+    def delete(self, job: JobOrID) -> None:
+        """Delete a job: one this pool reserved, or a ready, delayed or buried one."""
+        if not self._finish(job, Client.delete):
+            server = self._server_of(job)
+            self._on(server, lambda client: client.delete(_job_id(job)))
+            return
+        self._done(job)
+
+    def release(
+        self, job: JobOrID, priority: int = DEFAULT_PRIORITY, delay: int = DEFAULT_DELAY
+    ) -> None:
+        """Put a job this pool reserved back into its tube, on its server.
+
+        Raises :class:`~greenstalk.NotFoundError` if the pool does not hold it.
+        """
+        if not self._finish(job, lambda c, i: c.release(i, priority, delay)):
+            raise NotFoundError(f"release {_job_id(job)}: NOT_FOUND (not reserved by this pool)")
+        self._done(job)
+
+    def bury(self, job: JobOrID, priority: int = DEFAULT_PRIORITY) -> None:
+        """Move a job this pool reserved to its tube's buried list, on its server.
+
+        Raises :class:`~greenstalk.NotFoundError` if the pool does not hold it.
+        """
+        if not self._finish(job, lambda c, i: c.bury(i, priority)):
+            raise NotFoundError(f"bury {_job_id(job)}: NOT_FOUND (not reserved by this pool)")
+        self._done(job)
+
+    def touch(self, job: JobOrID) -> None:
+        """Restart the TTR of a job this pool reserved.
+
+        Raises :class:`~greenstalk.NotFoundError` if the pool does not hold it.
+        """
+        if not self._finish(job, Client.touch):
+            raise NotFoundError(f"touch {_job_id(job)}: NOT_FOUND (not reserved by this pool)")
+
+    def _done(self, job: JobOrID) -> None:
+        server = self._server_of(job)
+        held = self._handed.pop((server.where, _job_id(job)))
+        self._free_client(server, held.client)
+
+    def reserve_job(self, job: JobOrID) -> Job[TBody]:
+        """Reserve a specific job on its server. Raises :class:`~greenstalk.NotFoundError`."""
+        server = self._server_of(job)
+        with self._lock:
+            client = self._consumer(server)
+        if client is None:
+            try:
+                client = self._client(server, watch=list(self._watch))
+            except ClientConnectionError as error:
+                self._mark_down(server, error)
+                raise
+            with self._lock:
+                server.watch_generation[client] = self._watch_generation
+        try:
+            found = client.reserve_job(_job_id(job))
+        except BaseException:
+            self._free_client(server, client)
+            raise
+        held = _Held(server, client, Job(found.id, found.body, server.where))
+        self._handed[(server.where, found.id)] = held
+        return cast(Job[TBody], held.job)
+
+    # -- inspection ----------------------------------------------------------
+
+    def _located(self, server: _Server, job: Job[Any]) -> Job[TBody]:
+        return cast(Job[TBody], Job(job.id, job.body, server.where))
+
+    def peek(self, job: JobOrID) -> Job[TBody]:
+        """Return a job from its server without reserving it. Raises NotFoundError."""
+        server = self._server_of(job)
+        return self._located(server, self._on(server, lambda c: c.peek(_job_id(job))))
+
+    def _peek_best(
+        self, peek: Callable[[Client[Any]], Job[Any]], rank: Callable[[StatsJob], Any]
+    ) -> Job[TBody]:
+        found: list[tuple[Any, Job[TBody]]] = []
+        for server in self._servers:
+            try:
+                job = self._on(server, peek)
+                stats = self._on(server, functools.partial(Client.stats_job, job=job))
+            except (NotFoundError, ClientConnectionError):
+                continue
+            found.append((rank(stats), self._located(server, job)))
+        if not found:
+            raise NotFoundError("peek: NOT_FOUND (no server has such a job in the used tube)")
+        return min(found, key=lambda pair: pair[0])[1]
+
+    def peek_ready(self) -> Job[TBody]:
+        """The ready job of the used tube that is most urgent over all servers.
+
+        Raises :class:`~greenstalk.NotFoundError` if no server has one.
+        """
+        return self._peek_best(Client.peek_ready, lambda s: (s["pri"], -s["age"]))
+
+    def peek_delayed(self) -> Job[TBody]:
+        """The delayed job of the used tube that becomes ready first over all servers.
+
+        Raises :class:`~greenstalk.NotFoundError` if no server has one.
+        """
+        return self._peek_best(Client.peek_delayed, lambda s: s["time-left"])
+
+    def peek_buried(self) -> Job[TBody]:
+        """The oldest buried job of the used tube over all servers.
+
+        Raises :class:`~greenstalk.NotFoundError` if no server has one.
+        """
+        return self._peek_best(Client.peek_buried, lambda s: -s["age"])
+
+    def kick(self, bound: int) -> int:
+        """Kick up to ``bound`` jobs of the used tube, over the servers in turn; return how many."""
+        kicked = 0
+        for server in self._servers:
+            if kicked >= bound:
+                break
+            try:
+                kicked += self._on(server, functools.partial(Client.kick, bound=bound - kicked))
+            except ClientConnectionError:
+                continue
+        return kicked
+
+    def kick_job(self, job: JobOrID) -> None:
+        """Move one buried or delayed job to ready, on its server. Raises NotFoundError."""
+        server = self._server_of(job)
+        self._on(server, lambda c: c.kick_job(_job_id(job)))
+
+    def stats_job(self, job: JobOrID) -> StatsJob:
+        """The statistics of a job, from its server. Raises NotFoundError."""
+        server = self._server_of(job)
+        return self._on(server, lambda c: c.stats_job(_job_id(job)))
+
+    def stats(self) -> Stats:
+        """The statistics of every server that answers, added up (see :func:`sum_stats`)."""
+        results = self._on_each(Client.stats)
+        return sum_stats(r for r in results.values() if isinstance(r, dict))
+
+    def stats_by_server(self) -> dict[Where, Stats]:
+        """The statistics of each server that answers, by address."""
+        results = self._on_each(Client.stats)
+        return {where: r for where, r in results.items() if isinstance(r, dict)}
+
+    def stats_tube(self, tube: str) -> StatsTube:
+        """The statistics of ``tube`` over the servers that have it, added up.
+
+        Raises :class:`~greenstalk.NotFoundError` if no server has it.
+        """
+        results = self._on_each(lambda c: c.stats_tube(tube))
+        return sum_tube_stats(
+            tube, {w: (r if isinstance(r, dict) else None) for w, r in results.items()}
+        )
+
+    def tubes(self) -> list[str]:
+        """Every tube on any server that answers."""
+        results = self._on_each(Client.tubes)
+        return merge_tubes(r for r in results.values() if isinstance(r, list))
+
+    def pause_tube(self, tube: str, delay: int) -> None:
+        """Pause ``tube`` on every server that has it. Raises NotFoundError if none has."""
+        results = self._on_each(lambda c: c.pause_tube(tube, delay))
+        if all(isinstance(r, NotFoundError) for r in results.values()):
+            raise NotFoundError(f"pause-tube {tube}: NOT_FOUND (no server has this tube)")
+
+    def held_jobs(self) -> Iterator[Job[TBody]]:
+        """The jobs this pool has handed out and not yet deleted, released or buried."""
+        for held in list(self._handed.values()):
+            yield cast(Job[TBody], held.job)
+
+    def unknown_puts_by_server(self) -> dict[Where, int]:
+        """Puts sent to each server without an answer (each may also exist elsewhere)."""
+        return {server.where: server.unknown_puts for server in self._servers}
+
+
+def _job_id(job: JobOrID) -> int:
+    return job.id if isinstance(job, Job) else job
+
+
+def _interrupt(client: Client[Any]) -> None:
+    """Wake a thread waiting on ``client``'s reserve: it fails and drops the connection."""
+    sock = getattr(client, "_socket", None)
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+__all__ = ["NoServerError", "Pool", "UnknownPutError"]
