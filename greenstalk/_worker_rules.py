@@ -1,9 +1,10 @@
 """What the sync and asyncio workers decide, without any transport.
 
-No sockets, threads or event loops here: the settings and their checks,
-the handler table and what a handler may be, what a handler's result, an
-exception or a body that does not decode means for the job, the backoff of
-releases and reconnects, the touch schedule, and the log lines. The sync
+No connections, threads or event loops here: the settings and their
+checks, the servers' addresses, the handler table and what a handler may
+be, what a handler's result, an exception or a body that does not decode
+means for the job, the backoff of releases and reconnects, the touch
+schedule, the counts, and the log lines. The sync
 worker (:mod:`greenstalk.worker`) and the asyncio one
 (:mod:`greenstalk._aio_worker`) are thin loops over a connection that ask
 this module what to do.
@@ -17,17 +18,18 @@ import math
 import os
 import signal
 import socket
-from collections.abc import Iterator, Mapping
-from typing import Any, Callable, Generic, Protocol, TypeVar
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Generic, Protocol, TypeVar, Union
 
 from ._address import (
     ADDRESS_VARIABLE,
+    DEFAULT_ADDRESS,
     TextAddress,
-    address_from_environment,
     describe_address,
     parse_address,
 )
-from ._base import Address
+from ._base import Address, Where
 from ._protocol import commands
 from ._protocol.commands import Request
 from ._protocol.errors import ClientConnectionError
@@ -35,12 +37,14 @@ from .codecs import CODECS, Codec, get_codec
 
 logger = logging.getLogger("greenstalk.worker")
 
+T = TypeVar("T")
+
 EXIT_OK = 0
 """What a worker's ``run()`` returns after a warm stop or a finished burst."""
 
 # Logged when the server no longer knows a job the worker is finishing: its
 # TTR ran out and another consumer took and deleted it, say.
-JOB_GONE = "job %d is gone from the server (did its TTR run out?); nothing to acknowledge"
+JOB_GONE = "job %d%s is gone from the server (did its TTR run out?); nothing to acknowledge"
 
 # How long a handler runs before the worker first asks about its job's TTR, in
 # seconds: most handlers are done by then, and cost no stats-job.
@@ -48,6 +52,9 @@ FIRST_TOUCH_CHECK = 0.5
 
 # What finishes a job (its delete, release or bury), and the name of that outcome.
 Outcome = tuple[Request[None], str]
+
+WorkerAddress = Union[Address, Sequence[Address]]
+"""Where a worker's servers are: one address, a list of them, or ``host:port,host:port`` text."""
 
 
 def address_text(address: Address | TextAddress) -> str:
@@ -57,6 +64,75 @@ def address_text(address: Address | TextAddress) -> str:
     if isinstance(address, tuple):
         return describe_address((address[0], address[1]))
     return describe_address(os.fspath(address))
+
+
+def addresses_text(addresses: Sequence[Address]) -> str:
+    """Several addresses as a person writes them, separated by commas."""
+    return ", ".join(address_text(address) for address in addresses)
+
+
+def job_address(address: Address) -> Where | None:
+    """What a job's ``address`` says of the server it came from: None for a socket passed in."""
+    if isinstance(address, socket.socket):
+        return None
+    if isinstance(address, tuple):
+        return address[0], address[1]
+    return os.fspath(address)
+
+
+def worker_addresses(address: WorkerAddress) -> list[Address]:
+    """The servers ``address`` names: one address, a list of them, or comma-separated text.
+
+    Text names one server as ``host:port``, ``unix:PATH`` or a socket path,
+    or several separated by commas, each written as in
+    ``$BEANSTALKD_ADDRESS`` (``host[:port]``, ``unix:PATH`` or a path). A
+    tuple is one ``(host, port)``; a list holds ``(host, port)`` tuples,
+    socket paths and such text. Raises ValueError for text that is not an
+    address, an empty list, or a server listed twice; TypeError for a list
+    holding a socket (a worker with several servers opens its own
+    connections) or anything else.
+    """
+    if isinstance(address, str) and "," in address:
+        return _several(address.split(","), parse_address)
+    if isinstance(address, (str, tuple, os.PathLike, socket.socket)):
+        return [_parse(address)]
+    if isinstance(address, Sequence):
+        return _several(address, _one_of_several)
+    raise TypeError(f"not a server address: {address!r}")
+
+
+def environment_addresses() -> list[Address]:
+    """The servers in ``$BEANSTALKD_ADDRESS`` (comma-separated), else 127.0.0.1:11300.
+
+    Raises ValueError for text that is not a list of addresses.
+    """
+    return _several((os.environ.get(ADDRESS_VARIABLE) or DEFAULT_ADDRESS).split(","),
+                    parse_address)
+
+
+def _several(items: Iterable[T], one: Callable[[T], Address]) -> list[Address]:
+    """The addresses of ``items`` (text left empty by a stray comma skipped), checked."""
+    found = [one(item) for item in items if not (isinstance(item, str) and not item.strip())]
+    if not found:
+        raise ValueError("no server address given")
+    seen: set[Address] = set()
+    for where in found:
+        if where in seen:
+            raise ValueError(f"{address_text(where)} is listed twice")
+        seen.add(where)
+    return found
+
+
+def _one_of_several(item: object) -> Address:
+    if isinstance(item, socket.socket):
+        raise TypeError("a worker with several servers opens its own connections: give "
+                        "addresses, not sockets")
+    if isinstance(item, os.PathLike):
+        return os.fspath(item)  # type: ignore[no-any-return]
+    if isinstance(item, (str, tuple)):
+        return _parse(item)
+    raise TypeError(f"not a server address: {item!r} (want (host, port), host:port text or a "
+                    "socket path)")
 
 
 def is_coroutine_function(handler: Callable[..., object]) -> bool:
@@ -131,15 +207,19 @@ def touch_plan(ttr: int, time_left: int) -> tuple[float, float]:
 class JobInHand:
     """What every job a handler gets has: the fields, the decision, delete."""
 
-    __slots__ = ("_decision", "body", "id", "raw_body", "tube")
+    __slots__ = ("_decision", "address", "body", "id", "raw_body", "tube")
 
-    def __init__(self, job_id: int, tube: str, raw_body: bytes, body: Any) -> None:
+    def __init__(self, job_id: int, tube: str, raw_body: bytes, body: Any,
+                 address: Where | None = None) -> None:
         self.id = job_id
         self.tube = tube
         #: The body as it came from the server.
         self.raw_body = raw_body
         #: The body as the codec decoded it.
         self.body = body
+        #: The server the job came from: ``(host, port)`` or a socket path (None for a
+        #: socket passed in). Job ids are only unique per server.
+        self.address = address
         self._decision: Outcome | None = None
 
     def __repr__(self) -> str:
@@ -167,6 +247,7 @@ class JobActions(Protocol):
 class WorkerJob(JobInHand):
     """The job a plain-function handler gets: id, tube, decoded body, and what to do with it.
 
+    ``address`` is the server it came from (a worker may have several).
     ``release``, ``bury`` and ``delete`` decide what happens to the job when
     the handler returns (the last call wins); ``touch`` restarts its TTR now.
     The methods block, and may be called from the thread the handler runs in.
@@ -175,9 +256,10 @@ class WorkerJob(JobInHand):
     __slots__ = ("_actions",)
 
     def __init__(
-        self, actions: JobActions, job_id: int, tube: str, raw_body: bytes, body: Any
+        self, actions: JobActions, job_id: int, tube: str, raw_body: bytes, body: Any,
+        address: Where | None = None,
     ) -> None:
-        super().__init__(job_id, tube, raw_body, body)
+        super().__init__(job_id, tube, raw_body, body, address)
         self._actions = actions
 
     def release(self, delay: int = 0, priority: int | None = None) -> None:
@@ -204,6 +286,27 @@ class WorkerJob(JobInHand):
 HandlerT = TypeVar("HandlerT")
 
 
+class WorkerServer:
+    """One server of a worker: its address, and how log lines name it and its jobs."""
+
+    __slots__ = ("address", "label", "name", "reconnecting", "where")
+
+    def __init__(self, address: Address, several: bool) -> None:
+        self.address = address
+        #: The address as text, ``host:port`` or ``unix:PATH``.
+        self.name = address_text(address)
+        #: What its jobs' ``address`` says.
+        self.where = job_address(address)
+        #: What a log line about one of its jobs adds after the job's id: nothing when the
+        #: worker has one server, else `` on host:port`` (ids are only unique per server).
+        self.label = f" on {self.name}" if several else ""
+        #: True after a lost connection, until it is connected again.
+        self.reconnecting = False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
 class WorkerBase(Generic[HandlerT]):
     """The settings, handler table, stop requests and decisions both workers share."""
 
@@ -212,7 +315,7 @@ class WorkerBase(Generic[HandlerT]):
 
     def __init__(
         self,
-        address: Address | str | None = None,
+        address: WorkerAddress | None = None,
         *,
         handlers: Mapping[str, HandlerT] | None = None,
         codec: str | Codec = "bytes",
@@ -231,12 +334,11 @@ class WorkerBase(Generic[HandlerT]):
             reconnect_base=reconnect_base, reconnect_cap=reconnect_cap,
         )
         self.codec = get_codec(codec)
-        #: Where the server is.
-        self.address: Address | TextAddress = (
-            address_from_environment() if address is None else _parse(address)
-        )
+        servers = environment_addresses() if address is None else worker_addresses(address)
+        #: Where the server is; a list of addresses when there are several.
+        self.address: WorkerAddress = servers[0] if len(servers) == 1 else servers
         # Where the address came from, for the start-up line.
-        self._first_address = self.address
+        self._first_addresses = servers
         if address is not None:
             self._first_origin = "given"
         elif os.environ.get(ADDRESS_VARIABLE):
@@ -262,7 +364,23 @@ class WorkerBase(Generic[HandlerT]):
         self._stop_signal = signal.SIGTERM
         #: Counts of acknowledged jobs by outcome (and of handler failures), for logs and tests.
         self.counts = {"deleted": 0, "released": 0, "buried": 0, "failed": 0}
+        # The sync worker counts from a thread per server.
+        self._counts_lock = threading.Lock()
         self._init_state()
+
+    @property
+    def addresses(self) -> list[Address]:
+        """The servers the worker works for, as a list (of one for a single server).
+
+        Read from :attr:`address`, which may be changed before :meth:`run`.
+        Raises ValueError or TypeError as the constructor does for an address
+        that is not one.
+        """
+        return worker_addresses(self.address)
+
+    def _count(self, outcome: str) -> None:
+        with self._counts_lock:
+            self.counts[outcome] += 1
 
     def _init_state(self) -> None:
         """Set up what the worker keeps while it runs."""
@@ -306,63 +424,64 @@ class WorkerBase(Generic[HandlerT]):
             yield delay
             delay = min(delay * 2, self.reconnect_cap)
 
-    def _failure_outcome(self, job_id: int, tube: str, stats: Mapping[str, Any]) -> Outcome:
+    def _failure_outcome(self, job_id: int, tube: str, stats: Mapping[str, Any],
+                         label: str = "") -> Outcome:
         """What to do with a job whose handler raised: release with backoff, or bury.
 
         Call it while the handler's exception is being handled: the log line
-        (ERROR) carries its traceback.
+        (ERROR) carries its traceback. ``label`` names the job's server in
+        it (a :class:`WorkerServer`'s ``label``).
         """
-        self.counts["failed"] += 1
+        self._count("failed")
         releases = int(stats["releases"])
         if releases >= self.max_releases:
-            logger.exception("job %d in %r failed after %d release(s); burying it",
-                             job_id, tube, releases)
+            logger.exception("job %d%s in %r failed after %d release(s); burying it",
+                             job_id, label, tube, releases)
             return commands.bury(job_id, stats["pri"]), "buried"
         delay = self.backoff(releases)
-        logger.exception("job %d in %r failed; releasing it with a delay of %d s",
-                         job_id, tube, delay)
+        logger.exception("job %d%s in %r failed; releasing it with a delay of %d s",
+                         job_id, label, tube, delay)
         return commands.release(job_id, stats["pri"], delay), "released"
 
     def _undecodable_outcome(
-        self, job_id: int, tube: str, error: Exception, priority: int
+        self, job_id: int, tube: str, error: Exception, priority: int, label: str = ""
     ) -> Outcome:
         """What to do with a job whose body the codec refused: bury it, it can never succeed."""
-        logger.warning("job %d in %r: the body does not decode (%s: %s); burying it",
-                       job_id, tube, type(error).__name__, error)
+        logger.warning("job %d%s in %r: the body does not decode (%s: %s); burying it",
+                       job_id, label, tube, type(error).__name__, error)
         return commands.bury(job_id, priority), "buried"
 
     def _awaitable_outcome(
-        self, job_id: int, tube: str, result: object, priority: int
+        self, job_id: int, tube: str, result: object, priority: int, label: str = ""
     ) -> Outcome:
         """What to do with a job whose handler, run as a plain function, returned an awaitable.
 
         The work it stands for was never done, so the job is buried rather
         than deleted, and the error says how to fix the handler.
         """
-        self.counts["failed"] += 1
+        self._count("failed")
         if inspect.iscoroutine(result):
             result.close()  # it will never run: no "never awaited" warning on top of this line
         logger.error(
-            "job %d in %r: the handler returned %s instead of doing the work, and a plain "
+            "job %d%s in %r: the handler returned %s instead of doing the work, and a plain "
             "function's result is not awaited; burying the job. Make the handler a coroutine "
             "function (async def) and run it with greenstalk.aio.Worker",
-            job_id, tube, type(result).__name__,
+            job_id, label, tube, type(result).__name__,
         )
         return commands.bury(job_id, priority), "buried"
 
     # -- log lines ---------------------------------------------------------
 
-    def _address_origin(self) -> str:
-        """Where the address comes from: given in code, ``$BEANSTALKD_ADDRESS``, or set later."""
-        if self.address == self._first_address:
+    def _address_origin(self, servers: list[Address]) -> str:
+        """Where the addresses come from: given in code, ``$BEANSTALKD_ADDRESS``, or set later."""
+        if servers == self._first_addresses:
             return self._first_origin
-        first = address_text(self._first_address)
+        first = addresses_text(self._first_addresses)
         if self._first_origin == "given":
             first += " given in code"
-        environment = os.environ.get(ADDRESS_VARIABLE)
         try:
-            from_environment = bool(environment) and parse_address(environment or "") == (
-                self.address
+            from_environment = bool(os.environ.get(ADDRESS_VARIABLE)) and (
+                environment_addresses() == servers
             )
         except ValueError:
             from_environment = False
@@ -370,10 +489,11 @@ class WorkerBase(Generic[HandlerT]):
             return f"from ${ADDRESS_VARIABLE}, overriding {first}"
         return f"set after the worker was made, replacing {first}"
 
-    def _banner(self, burst: bool, *details: str) -> str:
-        """The start-up line: server (and where its address came from), tubes, codec, ..."""
+    def _banner(self, burst: bool, servers: list[Address], *details: str) -> str:
+        """The start-up line: servers (and where their addresses came from), tubes, codec, ..."""
         parts = [
-            f"server {address_text(self.address)} ({self._address_origin()})",
+            f"server{'s' if len(servers) > 1 else ''} {addresses_text(servers)} "
+            f"({self._address_origin(servers)})",
             f"tubes {', '.join(self._handlers)}",
             f"codec {codec_name(self.codec)}",
             *details,
@@ -382,27 +502,29 @@ class WorkerBase(Generic[HandlerT]):
             parts.append("until no job is ready (burst)")
         return "worker starting: " + "; ".join(parts)
 
-    def _log_connect_failure(self, attempt: int, error: ClientConnectionError,
-                             delay: float) -> None:
+    def _log_connect_failure(self, server: WorkerServer, attempt: int,
+                             error: ClientConnectionError, delay: float) -> None:
         logger.warning("cannot connect to %s (attempt %d): %s; retrying in %.1f s",
-                       address_text(self.address), attempt, connect_failure(error), delay)
+                       server.name, attempt, connect_failure(error), delay)
 
-    def _burst_connect_error(self, error: ClientConnectionError) -> ClientConnectionError:
+    def _burst_connect_error(
+        self, server: WorkerServer, error: ClientConnectionError
+    ) -> ClientConnectionError:
         """The error a burst raises when it cannot connect: it does not retry."""
-        return ClientConnectionError(
-            f"cannot connect to {address_text(self.address)}: {connect_failure(error)}"
-        )
+        return ClientConnectionError(f"cannot connect to {server.name}: {connect_failure(error)}")
 
-    def _log_connected(self, attempts: int, reconnecting: bool) -> None:
+    def _log_connected(self, server: WorkerServer, attempts: int) -> None:
         """Say so when the worker connects after failed attempts or a lost connection."""
-        if reconnecting or attempts:
+        if server.reconnecting or attempts:
             logger.info("connected %sto %s (after %d failed attempt(s)); watching %s",
-                        "again " if reconnecting else "", address_text(self.address),
+                        "again " if server.reconnecting else "", server.name,
                         attempts, ", ".join(self._handlers))
+        server.reconnecting = False
 
-    def _log_lost(self, reason: object) -> None:
-        logger.warning("connection to the server lost (%s); a job in hand goes back to the queue "
-                       "on the server and is not acknowledged; reconnecting", reason)
+    def _log_lost(self, server: WorkerServer, reason: object) -> None:
+        where = f"the server {server.name}" if server.label else "the server"
+        logger.warning("connection to %s lost (%s); a job in hand goes back to the queue "
+                       "on the server and is not acknowledged; reconnecting", where, reason)
 
     def _stopped_line(self) -> str:
         return "worker stopped: " + ", ".join(f"{v} {k}" for k, v in self.counts.items())

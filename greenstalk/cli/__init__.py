@@ -3,7 +3,14 @@
 ``greenstalk [--address ADDRESS] [--json] [--timeout SECONDS] COMMAND ...``
 talks to ``--address`` (``host:port``, ``host`` for port 11300, or the path
 of a Unix socket), else to ``$BEANSTALKD_ADDRESS``, else to
-127.0.0.1:11300. The commands are ``put``,
+127.0.0.1:11300. ``--address`` may be repeated, or list several servers
+separated by commas (so may ``$BEANSTALKD_ADDRESS``): then ``stats``,
+``tubes`` and ``top`` show each server and the totals, ``put`` spreads
+the jobs over them, ``kick``, ``pause`` and ``drain`` act on each,
+``worker`` works for all, and the commands about one job (``peek``,
+``peek-STATE``, ``delete``, ``kick-job``, ``stats --job``) need
+``--server ADDRESS`` to say which, since a job id is unique on one server
+only. The commands are ``put``,
 ``peek``, ``peek-ready``, ``peek-delayed``, ``peek-buried``, ``delete``,
 ``kick``, ``kick-job``, ``pause``, ``stats``, ``tubes``, ``drain``, ``top``,
 ``worker`` and ``serve``; ``greenstalk COMMAND --help`` describes each.
@@ -21,11 +28,16 @@ Exit codes:
   drain was declined; also when the output is closed early (a pipe into
   ``head``).
 * 2: usage error: a bad option, argument or address (``--address`` or
-  ``$BEANSTALKD_ADDRESS``), a worker that cannot be loaded, a drain without
-  ``--yes`` when stdin is not a terminal, a body that ``put --codec``
-  rejects.
+  ``$BEANSTALKD_ADDRESS``; a server listed twice; a ``--server`` that is
+  not one of them), a command about one job given several servers without
+  ``--server``, a worker that cannot be loaded, a drain without ``--yes``
+  when stdin is not a terminal, a body that ``put --codec`` rejects.
 * 3: the server cannot be reached, or the connection failed or timed out;
-  also a ``worker --burst`` that cannot reach the server.
+  also a ``worker --burst`` that cannot reach a server. With several
+  servers: any of them (the others' results are printed first), except
+  for ``put``, which puts on the others and fails only when none takes
+  the jobs, and ``top``, which shows a server that is away as
+  disconnected and fails only when none answers at the start.
 * 130: interrupted (Ctrl-C); ``put --lines`` and ``drain`` say how many
   jobs they did first.
 

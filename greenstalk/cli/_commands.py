@@ -11,6 +11,7 @@ from typing import Callable
 
 import click
 from rich.progress import MofNCompleteColumn, TimeRemainingColumn
+from rich.table import Table
 
 from .. import (
     BeanstalkdError,
@@ -41,6 +42,7 @@ from ._common import (
     plural,
     progress_bar,
     run_coroutine,
+    server_option,
     show,
     stdout_console,
     table,
@@ -48,6 +50,7 @@ from ._common import (
     tube_option,
     tube_statistics,
 )
+from ._ops import exporter, web
 from ._put import put
 from ._top import top
 from ._worker import worker
@@ -123,6 +126,8 @@ def cli(ctx: click.Context) -> int | None:
 
     The server is --address, else $BEANSTALKD_ADDRESS, else 127.0.0.1:11300.
     --address, --json and --timeout may also follow the command's name.
+    Repeat --address, or separate addresses with commas, for several
+    servers: each command then works on all of them.
 
     -V is --version here; for greenstalkd (and greenstalk serve), as for
     beanstalkd, -V means verbose.
@@ -199,6 +204,7 @@ def _show_job(settings: Settings, client: Client[bytes], job: Job[bytes], raw: b
 @cli.command()
 @click.argument("job_id", metavar="ID", type=JOB_ID)
 @raw_option
+@server_option
 @common_options
 @click.pass_obj
 def peek(settings: Settings, job_id: int, raw: bool) -> None:
@@ -221,6 +227,7 @@ def _peek_command(state: str, peek_function: PeekFunction, summary: str) -> clic
     @click.command(f"peek-{state}", help=summary)
     @tube_option("The tube to look in.")
     @raw_option
+    @server_option
     @common_options
     @click.pass_obj
     def command(settings: Settings, tube: str, raw: bool) -> None:
@@ -247,6 +254,7 @@ def _jobs(ids: list[int]) -> str:
 
 @cli.command()
 @click.argument("job_ids", metavar="ID...", nargs=-1, required=True, type=JOB_ID)
+@server_option
 @common_options
 @click.pass_obj
 def delete(settings: Settings, job_ids: tuple[int, ...]) -> None:
@@ -296,8 +304,15 @@ def kick(settings: Settings, bound: int, tube: str) -> None:
 
     The tube's buried jobs are kicked if it has any, else its delayed ones.
     A tube that does not exist has no job to kick: that is said, and the
-    exit status is 0.
+    exit status is 0. With several servers, up to BOUND jobs in all, the
+    servers in turn.
     """
+    servers = settings.servers()
+    if len(servers) > 1:
+        from ._several import kick_several
+
+        kick_several(settings, servers, bound, tube)
+        return
     kicked = 0
     with settings.connect() as client:
         exists = _tube_exists(client, tube)
@@ -306,10 +321,15 @@ def kick(settings: Settings, bound: int, tube: str) -> None:
             kicked = client.kick(bound)
     if settings.json:
         emit_json({"tube": tube, "kicked": kicked, "exists": exists})
-    elif exists:
-        click.echo(f"kicked {plural(kicked, 'job')} in tube {tube}")
     else:
-        click.echo(f"kicked 0 jobs: {_missing(tube)}")
+        click.echo(kick_line(tube, kicked, exists))
+
+
+def kick_line(tube: str, kicked: int, exists: bool) -> str:
+    """What ``kick`` says it did."""
+    if exists:
+        return f"kicked {plural(kicked, 'job')} in tube {tube}"
+    return f"kicked 0 jobs: {_missing(tube)}"
 
 
 def _tube_exists(client: Client[bytes], tube: str) -> bool:
@@ -323,6 +343,7 @@ def _tube_exists(client: Client[bytes], tube: str) -> bool:
 
 @cli.command("kick-job")
 @click.argument("job_id", metavar="ID", type=JOB_ID)
+@server_option
 @common_options
 @click.pass_obj
 def kick_job(settings: Settings, job_id: int) -> None:
@@ -345,22 +366,38 @@ def pause(settings: Settings, tube: str, seconds: int) -> None:
 
     A tube that does not exist cannot be paused (the server keeps a tube
     only while it has jobs or clients): that is said, and the exit status
-    is 0.
+    is 0. With several servers, the tube is paused on each.
     """
+    servers = settings.servers()
+    if len(servers) > 1:
+        from ._several import pause_several
+
+        pause_several(settings, servers, tube, seconds)
+        return
     with settings.connect() as client:
-        try:
-            client.pause_tube(tube, seconds)
-            exists = True
-        except NotFoundError:
-            exists = False
+        exists = pause_tube(client, tube, seconds)
     if settings.json:
         emit_json({"tube": tube, "seconds": seconds, "exists": exists})
-    elif not exists:
-        click.echo(f"paused nothing: {_missing(tube)}")
-    elif seconds:
-        click.echo(f"paused tube {tube} for {plural(seconds, 'second')}")
     else:
-        click.echo(f"tube {tube} is no longer paused")
+        click.echo(pause_line(tube, seconds, exists))
+
+
+def pause_tube(client: Client[bytes], tube: str, seconds: int) -> bool:
+    """Pause ``tube``; False when the server does not have it."""
+    try:
+        client.pause_tube(tube, seconds)
+    except NotFoundError:
+        return False
+    return True
+
+
+def pause_line(tube: str, seconds: int, exists: bool) -> str:
+    """What ``pause`` says it did."""
+    if not exists:
+        return f"paused nothing: {_missing(tube)}"
+    if seconds:
+        return f"paused tube {tube} for {plural(seconds, 'second')}"
+    return f"tube {tube} is no longer paused"
 
 
 # -- stats, tubes --------------------------------------------------------------
@@ -371,12 +408,23 @@ def pause(settings: Settings, tube: str, seconds: int) -> None:
               shell_complete=complete_tubes, help="Show this tube's statistics.")
 @click.option("--job", "-j", "job_id", metavar="ID", type=JOB_ID,
               help="Show this job's statistics.")
+@server_option
 @common_options
 @click.pass_obj
 def stats(settings: Settings, tube: str | None, job_id: int | None) -> None:
-    """Show the statistics of the server, a tube or a job."""
+    """Show the statistics of the server, a tube or a job.
+
+    With several servers, those of each and their totals (a job's: of one
+    server, chosen with --server).
+    """
     if tube is not None and job_id is not None:
         raise click.UsageError("give --tube or --job, not both")
+    servers = settings.servers()
+    if len(servers) > 1 and job_id is None:
+        from ._several import stats_several
+
+        stats_several(settings, servers, tube)
+        return
     values: Mapping[str, object]
     with settings.connect() as client:
         if tube is not None:
@@ -417,17 +465,29 @@ def _tube_row(stats: StatsTube) -> list[str]:
 def tubes(settings: Settings) -> None:
     """List every tube with its job counts.
 
-    --json prints each tube's full statistics.
+    --json prints each tube's full statistics. With several servers, each
+    server's tubes, then the totals.
     """
+    servers = settings.servers()
+    if len(servers) > 1:
+        from ._several import tubes_several
+
+        tubes_several(settings, servers)
+        return
     with settings.connect() as client:
         found = tube_statistics(client)
     if settings.json:
         emit_json([dict(stats) for stats in found])
         return
+    show(stdout_console(), tubes_table(found))
+
+
+def tubes_table(found: list[StatsTube]) -> Table:
+    """The table of ``tubes``: a row of counts for each tube."""
     rows = table(*TUBE_COLUMNS)
     for stats in found:
         rows.add_row(*_tube_row(stats))
-    show(stdout_console(), rows)
+    return rows
 
 
 # -- drain ---------------------------------------------------------------------
@@ -470,8 +530,16 @@ def drain(settings: Settings, tube: str, states: tuple[str, ...], yes: bool) -> 
     connection that reserved a job may delete it, so they are counted
     instead. An empty tube, or one that does not exist, drains to 0 jobs
     with exit status 0. Ctrl-C stops it and says how many were deleted.
+    With several servers, the tube is drained on each (one question for
+    all).
     """
     chosen = [state for state in STATES if state in states or not states]
+    servers = settings.servers()
+    if len(servers) > 1:
+        from ._several import drain_several
+
+        drain_several(settings, servers, tube, chosen, yes)
+        return
     done = Drain(tube)
     try:
         run_coroutine(_drain(settings, done, chosen, yes))
@@ -567,6 +635,8 @@ async def _peeked(peek: AsyncPeek, client: aio.Client[bytes]) -> int | None:
 
 cli.add_command(top)
 cli.add_command(worker)
+cli.add_command(exporter)
+cli.add_command(web)
 
 
 @cli.command(

@@ -32,12 +32,11 @@ from .. import (
     NotFoundError,
     OutOfMemoryError,
     StatsTube,
-    address_from_environment,
     aio,
     describe_address,
     parse_address,
 )
-from .._address import ADDRESS_VARIABLE, TextAddress
+from .._address import ADDRESS_VARIABLE, DEFAULT_ADDRESS, TextAddress
 from .._protocol.commands import U32_MAX, U64_MAX, check_tube
 from . import EXIT_CONNECTION, EXIT_FAILURE, EXIT_USAGE
 
@@ -96,64 +95,133 @@ def address_text(address: object) -> str:
     return "a socket"
 
 
+def servers_text(addresses: Iterable[TextAddress]) -> str:
+    """Addresses as text, separated by commas."""
+    return ", ".join(address_text(address) for address in addresses)
+
+
 @dataclasses.dataclass
 class Settings:
     """The global options, which may be given before or after the command's name."""
 
-    #: ``--address`` as given, or None to use ``$BEANSTALKD_ADDRESS``.
-    address: str | None = None
+    #: ``--address`` as given, each maybe a comma-separated list; empty to use
+    #: ``$BEANSTALKD_ADDRESS``.
+    addresses: list[str] = dataclasses.field(default_factory=list)
     #: ``--json``: print JSON documents instead of tables.
     json: bool = False
     #: ``--timeout``: seconds to wait for the server, to connect and for each reply.
     timeout: float = DEFAULT_TIMEOUT
     #: The address of the last connection made, for error messages.
     connected_to: TextAddress | None = None
+    #: ``--server``: the one of several servers a command works on.
+    server: str | None = None
+    #: The name of the command when it works on one server and offers ``--server``.
+    one_server_command: str | None = None
 
     @property
     def address_given(self) -> bool:
         """True when ``--address`` or ``$BEANSTALKD_ADDRESS`` names a server."""
-        return self.address is not None or bool(os.environ.get(ADDRESS_VARIABLE))
+        return bool(self.addresses) or bool(os.environ.get(ADDRESS_VARIABLE))
+
+    def servers(self) -> list[TextAddress]:
+        """Every server: ``--address`` (repeated, or comma-separated), else
+        ``$BEANSTALKD_ADDRESS`` (comma-separated), else the default; only
+        ``--server``'s when it is given.
+
+        Raises :class:`Failure` (exit 2) for text that is not an address, a
+        server listed twice, or a ``--server`` that is not one of them.
+        """
+        source = "--address" if self.addresses else f"${ADDRESS_VARIABLE}"
+        texts = self.addresses or [os.environ.get(ADDRESS_VARIABLE) or DEFAULT_ADDRESS]
+        found: list[TextAddress] = []
+        try:
+            for text in texts:
+                # Text without a comma is one address, even an empty one (a usage error).
+                parts = [part for part in text.split(",") if part.strip()] if "," in text else [
+                    text
+                ]
+                found.extend(parse_address(part) for part in parts)
+        except ValueError as error:
+            raise Failure(f"bad {source}: {error}", EXIT_USAGE) from None
+        if not found:
+            raise Failure(f"bad {source}: no server address given", EXIT_USAGE)
+        for index, where in enumerate(found):
+            if where in found[:index]:
+                raise Failure(f"bad {source}: {address_text(where)} is listed twice", EXIT_USAGE)
+        if self.server is None:
+            return found
+        try:
+            chosen = parse_address(self.server)
+        except ValueError as error:
+            raise Failure(f"bad --server: {error}", EXIT_USAGE) from None
+        if chosen not in found:
+            raise Failure(
+                f"--server {address_text(chosen)} is not one of the servers given "
+                f"({servers_text(found)})",
+                EXIT_USAGE,
+            )
+        return [chosen]
 
     def resolve(self) -> TextAddress:
         """The server's address: ``--address``, else ``$BEANSTALKD_ADDRESS``, else the default.
 
-        Raises :class:`Failure` (exit 2) for text that is not an address.
+        Raises :class:`Failure` (exit 2) for text that is not an address, and
+        when several servers are given.
         """
-        try:
-            if self.address is not None:
-                return parse_address(self.address)
-            return address_from_environment()
-        except ValueError as error:
-            source = "--address" if self.address is not None else f"${ADDRESS_VARIABLE}"
-            raise Failure(f"bad {source}: {error}", EXIT_USAGE) from None
+        servers = self.servers()
+        if len(servers) == 1:
+            return servers[0]
+        command = self.one_server_command
+        if command is None:
+            raise Failure(f"this command works on one server, and {len(servers)} are given "
+                          f"({servers_text(servers)})", EXIT_USAGE)
+        raise Failure(
+            f"{command} works on one server, and {len(servers)} are given "
+            f"({servers_text(servers)}): choose one with --server ADDRESS (job ids are only "
+            "unique per server)",
+            EXIT_USAGE,
+        )
 
-    def open_client(self, tube: str = DEFAULT_TUBE) -> Client[bytes]:
-        """A client of the server, putting into ``tube``.
+    def worker_address(self) -> TextAddress | list[TextAddress]:
+        """What a worker is given: the one server, or the list. Raises as :meth:`servers`."""
+        servers = self.servers()
+        return servers[0] if len(servers) == 1 else servers
+
+    def open_client(
+        self, tube: str = DEFAULT_TUBE, address: TextAddress | None = None
+    ) -> Client[bytes]:
+        """A client of the server (or of ``address``, one of several), putting into ``tube``.
 
         Raises :class:`Failure` (exit 2) for a bad address, and
         :class:`~greenstalk.ClientConnectionError` when the server cannot be reached.
         """
-        address = self.resolve()
+        if address is None:
+            address = self.resolve()
         self.connected_to = address
         return Client(
             address, use=tube, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
         )
 
-    def connect(self, tube: str = DEFAULT_TUBE) -> Client[bytes]:
-        """A client of the server, putting into ``tube``.
+    def connect(self, tube: str = DEFAULT_TUBE, address: TextAddress | None = None
+                ) -> Client[bytes]:
+        """A client of the server (or of ``address``), putting into ``tube``.
 
         Raises :class:`Failure`: exit 2 for a bad address, exit 3 when the
         server cannot be reached.
         """
         try:
-            return self.open_client(tube)
+            return self.open_client(tube, address)
         except ClientConnectionError as error:
             raise connection_failure(self.connected_to, error) from None
 
     @contextlib.asynccontextmanager
-    async def connect_aio(self) -> AsyncIterator[aio.Client[bytes]]:
-        """An asyncio client of the server, closed at the end; raises as :meth:`connect`."""
-        address = self.resolve()
+    async def connect_aio(
+        self, address: TextAddress | None = None
+    ) -> AsyncIterator[aio.Client[bytes]]:
+        """An asyncio client of the server (or of ``address``), closed at the end; raises as
+        :meth:`connect`."""
+        if address is None:
+            address = self.resolve()
         self.connected_to = address
         try:
             client = await aio.connect(
@@ -193,9 +261,15 @@ def _settings(ctx: click.Context) -> Settings:
     return ctx.ensure_object(Settings)
 
 
-def _set_address(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+def _set_address(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> None:
+    _settings(ctx).addresses.extend(value)
+
+
+def _set_server(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    settings = _settings(ctx)
+    settings.one_server_command = ctx.info_name
     if value is not None:
-        _settings(ctx).address = value
+        settings.server = value
 
 
 def _set_json(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -306,10 +380,12 @@ def common_options(function: F) -> F:
             "--address",
             "-a",
             metavar="ADDRESS",
+            multiple=True,
             expose_value=False,
             callback=_set_address,
-            help="host:port, host (port 11300), or Unix socket path "
-            f"[default: ${ADDRESS_VARIABLE}, else 127.0.0.1:11300]",
+            help="host:port, host (port 11300), or Unix socket path; repeat it, or separate "
+            f"addresses with commas, for several servers [default: ${ADDRESS_VARIABLE}, else "
+            "127.0.0.1:11300]",
         ),
         click.option(
             "--json",
@@ -330,6 +406,19 @@ def common_options(function: F) -> F:
     for option in reversed(options):
         function = option(function)
     return function
+
+
+def server_option(function: F) -> F:
+    """``--server``, for a command that works on one server: which, when several are given."""
+    decorate = click.option(
+        "--server",
+        metavar="ADDRESS",
+        expose_value=False,
+        callback=_set_server,
+        help="With several servers (--address, $BEANSTALKD_ADDRESS), the one to work on: "
+        "job ids are only unique per server.",
+    )
+    return decorate(function)
 
 
 def check_tube_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -356,13 +445,17 @@ def complete_tubes(
     """
     settings = ctx.find_object(Settings) or Settings()
     timeout = min(settings.timeout, COMPLETION_TIMEOUT)
+    names: set[str] = set()
     try:
-        with Client(
-            settings.resolve(), socket_timeout=timeout, socket_connect_timeout=timeout
-        ) as client:
-            names = client.tubes()
-    except Exception:
+        servers = settings.servers()
+    except Failure:
         return []
+    for address in servers:
+        try:
+            with Client(address, socket_timeout=timeout, socket_connect_timeout=timeout) as client:
+                names.update(client.tubes())
+        except Exception:
+            continue
     return [CompletionItem(name) for name in sorted(names) if name.startswith(incomplete)]
 
 

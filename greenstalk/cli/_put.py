@@ -9,12 +9,13 @@ import select
 import stat
 import sys
 from collections.abc import Iterator
-from typing import IO, Callable
+from typing import IO, TYPE_CHECKING, Callable, Optional, Union
 
 import click
 from rich.progress import DownloadColumn, ProgressColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .. import DEFAULT_PRIORITY, DEFAULT_TTR, Client, PutManyError
+from .. import DEFAULT_PRIORITY, DEFAULT_TTR, BeanstalkdError, Client, PutManyError
+from .._address import TextAddress
 from ..codecs import CODECS, get_codec
 from . import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE
 from ._common import (
@@ -24,6 +25,7 @@ from ._common import (
     Failure,
     OneOf,
     Settings,
+    address_text,
     common_options,
     describe_refusal,
     emit_json,
@@ -41,6 +43,12 @@ STDIN_LINES_HINT = "greenstalk: reading jobs from standard input, one a line; en
 
 # Turns the text given for a job into its body (a codec's check and re-encoding).
 Convert = Callable[[bytes], bytes]
+
+if TYPE_CHECKING:
+    from ..pool import Pool
+
+# A job put: its id, and with several servers its server's address as text.
+Placed = tuple[int, Optional[str]]
 
 
 @dataclasses.dataclass
@@ -146,6 +154,65 @@ def make_converter(codec_name: str) -> Convert | None:
     return convert
 
 
+class ClientSink:
+    """Where ``put`` sends jobs when there is one server: a client of it."""
+
+    def __init__(self, client: Client[bytes]) -> None:
+        self.client = client
+        #: The servers' addresses as text, with several; None with one.
+        self.servers: list[str] | None = None
+
+    def put(self, body: bytes, job: JobSettings) -> Placed:
+        """Put one job. Raises as :meth:`greenstalk.Client.put`."""
+        return self.client.put(body, job.priority, job.delay, job.ttr), None
+
+    def put_many(
+        self, bodies: list[bytes], job: JobSettings
+    ) -> tuple[list[Placed | None], dict[int, BeanstalkdError]]:
+        """Put the jobs, pipelined: each job put (None: refused), and the refusals by index."""
+        try:
+            ids: list[int | None] = list(
+                self.client.put_many(bodies, job.priority, job.delay, job.ttr)
+            )
+            errors = {}
+        except PutManyError as error:
+            ids, errors = list(error.ids), error.errors
+        return [None if job_id is None else (job_id, None) for job_id in ids], errors
+
+
+class PoolSink:
+    """Where ``put`` sends jobs when there are several servers: a pool, spreading them.
+
+    With ``key``, every job goes to the server the key is placed on.
+    """
+
+    def __init__(self, pool: Pool[bytes], key: str | None) -> None:
+        self.pool = pool
+        self.key = key
+        self.servers: list[str] | None = [address_text(where) for where in pool.addresses]
+
+    def put(self, body: bytes, job: JobSettings) -> Placed:
+        """Put one job on a server. Raises as :meth:`greenstalk.Pool.put`."""
+        put = self.pool.put(body, job.priority, job.delay, job.ttr, key=self.key)
+        return put.id, address_text(put.address)
+
+    def put_many(
+        self, bodies: list[bytes], job: JobSettings
+    ) -> tuple[list[Placed | None], dict[int, BeanstalkdError]]:
+        """Put the jobs, spread and pipelined: as :meth:`ClientSink.put_many`."""
+        try:
+            jobs = self.pool.put_many(bodies, job.priority, job.delay, job.ttr, key=self.key)
+            errors = {}
+        except PutManyError as error:
+            jobs, errors = list(error.ids), error.errors  # type: ignore[arg-type]
+        return [None if put is None else (put.id, address_text(put.address)) for put in jobs], (
+            errors
+        )
+
+
+Sink = Union[ClientSink, PoolSink]
+
+
 @dataclasses.dataclass
 class LinesPut:
     """What ``put --lines`` has done so far."""
@@ -158,22 +225,40 @@ class LinesPut:
     refused: list[tuple[int, str]] = dataclasses.field(default_factory=list)
     #: True while a batch is sent: its replies are not all in yet.
     sending: bool = False
+    #: With several servers: their addresses, and the server of each id, in order.
+    servers: list[str] | None = None
+    addresses: list[str] = dataclasses.field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:
         """The JSON document ``--json put --lines`` prints."""
+        refused = [{"line": line, "error": error} for line, error in self.refused]
+        if self.servers is not None:
+            return {
+                "tube": self.tube,
+                "count": len(self.ids),
+                "jobs": [{"id": job_id, "address": address}
+                         for job_id, address in zip(self.ids, self.addresses)],
+                "servers": [{"address": server, "count": self.addresses.count(server)}
+                            for server in self.servers],
+                "refused": refused,
+            }
         return {
             "tube": self.tube,
             "count": len(self.ids),
             "first_id": self.ids[0] if self.ids else None,
             "last_id": self.ids[-1] if self.ids else None,
             "ids": self.ids,
-            "refused": [{"line": line, "error": error} for line, error in self.refused],
+            "refused": refused,
         }
 
     def summary(self) -> str:
-        """``put 3 jobs into tube default (ids 1 to 3)``."""
+        """``put 3 jobs into tube default (ids 1 to 3)``; with several servers, how many each."""
         if not self.ids:
             return f"put no job into tube {self.tube}"
+        if self.servers is not None:
+            shares = ", ".join(f"{self.addresses.count(server)} on {server}"
+                               for server in self.servers)
+            return f"put {plural(len(self.ids), 'job')} into tube {self.tube}: {shares}"
         return (
             f"put {plural(len(self.ids), 'job')} into tube {self.tube} "
             f"(ids {self.ids[0]} to {self.ids[-1]})"
@@ -212,6 +297,9 @@ class LinesPut:
               help="Seconds before the job is ready.")
 @click.option("--ttr", type=TTR, default=DEFAULT_TTR, show_default=True, metavar="SECONDS",
               help="Seconds a worker may hold the job.")
+@click.option("--key", "-k", metavar="KEY",
+              help="With several servers, put every job on the server KEY is placed on "
+              "(always the same for a key, while it is up) instead of spreading them.")
 @common_options
 @click.pass_obj
 def put(
@@ -224,33 +312,68 @@ def put(
     priority: int,
     delay: int,
     ttr: int,
+    key: str | None,
 ) -> None:
     """Put a job, or with --lines one job per line.
 
     The body is BODY, or the contents of --file, or stdin (when BODY is
     absent or -). Prints the new job's id. With --lines, every line is a
     job of its own; lines are sent as soon as the input pauses, in
-    pipelined batches while it flows, and the count is printed.
+    pipelined batches while it flows, and the count is printed. With
+    several servers, jobs are spread over them (each in turn, or all on
+    --key's), and each id is printed with its server.
     """
     argument = None if body == "-" else body
     if argument is not None and (path is not None or lines):
         raise click.UsageError("give BODY, or --file and --lines, not both")
     convert = make_converter(codec_name)
     job = JobSettings(priority, delay, ttr)
-    with settings.connect(tube) as client:
+    servers = settings.servers()
+    with _sink(settings, servers, tube, key) as sink:
         if argument is not None:
             # The argument's bytes as the shell passed them.
-            _put_one(settings, client, os.fsencode(argument), codec_name, convert, job)
+            _put_one(settings, sink, os.fsencode(argument), codec_name, convert, job)
             return
         with _open_input(path) as stream:
             reads_stdin = stream is sys.stdin.buffer
             if reads_stdin and sys.stdin.isatty():
                 click.echo(STDIN_LINES_HINT if lines else STDIN_HINT, err=True)
             if lines:
-                _put_lines(settings, client, LineReader(stream), tube, codec_name, convert, job,
+                _put_lines(settings, sink, LineReader(stream), tube, codec_name, convert, job,
                            reads_stdin)
             else:
-                _put_one(settings, client, stream.read(), codec_name, convert, job)
+                _put_one(settings, sink, stream.read(), codec_name, convert, job)
+
+
+@contextlib.contextmanager
+def _sink(
+    settings: Settings, servers: list[TextAddress], tube: str, key: str | None
+) -> Iterator[Sink]:
+    """A client of the one server, or a pool of several; closed at the end.
+
+    With a pool, puts that may have been stored twice (a server took them
+    and did not answer) are counted and said on stderr at the end.
+    """
+    if len(servers) == 1:
+        with settings.connect(tube) as client:
+            yield ClientSink(client)
+        return
+    from ..pool import Pool
+
+    # A random start: a pool made for each run would otherwise give every
+    # single put to the first server. A batch of lines still goes round the
+    # servers in turn.
+    with Pool(servers, use=tube, strategy="random", socket_timeout=settings.timeout,
+              socket_connect_timeout=settings.timeout) as pool:
+        try:
+            yield PoolSink(pool, key)
+        finally:
+            if pool.unknown_puts:
+                click.echo(
+                    f"greenstalk: {plural(pool.unknown_puts, 'put')} got no answer from a "
+                    "server, and were put on another: they may have been stored twice",
+                    err=True,
+                )
 
 
 def _open_input(path: str | None) -> contextlib.AbstractContextManager[IO[bytes]]:
@@ -265,7 +388,7 @@ def _open_input(path: str | None) -> contextlib.AbstractContextManager[IO[bytes]
 
 def _put_one(
     settings: Settings,
-    client: Client[bytes],
+    sink: Sink,
     body: bytes,
     codec_name: str,
     convert: Convert | None,
@@ -276,16 +399,16 @@ def _put_one(
             body = convert(body)
         except ValueError as error:
             raise Failure(f"the body is not valid {codec_name}: {error}", EXIT_USAGE) from None
-    job_id = client.put(body, job.priority, job.delay, job.ttr)
+    job_id, address = sink.put(body, job)
     if settings.json:
-        emit_json({"id": job_id})
+        emit_json({"id": job_id} if address is None else {"id": job_id, "address": address})
     else:
-        click.echo(job_id)
+        click.echo(job_id if address is None else f"{job_id} on {address}")
 
 
 def _put_lines(
     settings: Settings,
-    client: Client[bytes],
+    sink: Sink,
     reader: LineReader,
     tube: str,
     codec_name: str,
@@ -299,10 +422,10 @@ def _put_lines(
     codec rejects, 130 when interrupted. With ``--json`` the document of
     what was put is printed in every case.
     """
-    done = LinesPut(tube)
+    done = LinesPut(tube, servers=sink.servers)
     stop: tuple[str, int] | None
     try:
-        stop = _put_batches(client, reader, done, codec_name, convert, job, reads_stdin)
+        stop = _put_batches(sink, reader, done, codec_name, convert, job, reads_stdin)
     except KeyboardInterrupt:
         in_flight = "; the batch being sent may be partly in it too" if done.sending else ""
         stop = (
@@ -318,7 +441,7 @@ def _put_lines(
 
 
 def _put_batches(
-    client: Client[bytes],
+    sink: Sink,
     reader: LineReader,
     done: LinesPut,
     codec_name: str,
@@ -339,7 +462,7 @@ def _put_batches(
         for batch in reader.batches(LINES_PER_BATCH):
             bodies, rejection = _convert_batch(batch, convert)
             done.sending = True
-            _send(client, done, bodies, job)
+            _send(sink, done, bodies, job)
             done.sending = False
             done.lines += len(bodies)
             progress.update(
@@ -385,13 +508,15 @@ def _convert_batch(
     return bodies, None
 
 
-def _send(client: Client[bytes], done: LinesPut, bodies: list[bytes], job: JobSettings) -> None:
+def _send(sink: Sink, done: LinesPut, bodies: list[bytes], job: JobSettings) -> None:
     """Put ``bodies``, pipelined; record the new ids and the refused lines in ``done``."""
     if not bodies:
         return
-    try:
-        done.ids.extend(client.put_many(bodies, job.priority, job.delay, job.ttr))
-    except PutManyError as error:
-        done.ids.extend(job_id for job_id in error.ids if job_id is not None)
-        for index, refusal in sorted(error.errors.items()):
-            done.refused.append((done.lines + index + 1, describe_refusal(refusal)))
+    placed, errors = sink.put_many(bodies, job)
+    for put in placed:
+        if put is not None:
+            done.ids.append(put[0])
+            if put[1] is not None:
+                done.addresses.append(put[1])
+    for index, refusal in sorted(errors.items()):
+        done.refused.append((done.lines + index + 1, describe_refusal(refusal)))

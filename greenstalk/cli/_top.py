@@ -18,11 +18,15 @@ from rich.live import Live
 from rich.text import Text
 
 from .. import Client, ClientConnectionError, Stats, StatsTube, describe_address
+from .._address import TextAddress
+from . import EXIT_CONNECTION
 from ._common import (
+    Failure,
     Seconds,
     Settings,
     WholeNumber,
     common_options,
+    connection_failure,
     connection_reason,
     emit_json,
     plural,
@@ -229,39 +233,107 @@ class TopView:
             f"up {duration(server['uptime'])}",
             plural(server["connections"], "connection"),
         ] + (["DRAINING"] if server["draining"] else [])
-        jobs = [
-            f"puts/s {_rate(server['puts_per_second'])}",
-            f"reserves/s {_rate(server['reserves_per_second'])}",
-        ] + [f"{key} {server[key]}" for key in ("ready", "reserved", "delayed", "buried",
-                                                 "waiting")]
-        return [
-            *((line, "bold") for line in _pack(about, width)),
-            *((line, "") for line in _pack(jobs, width)),
-            ("", ""),
-            *_table(frame["tubes"], width),
-        ]
+        return _summary(about, server, frame["tubes"], width)
+
+
+def _summary(about: list[str], server: Frame, tubes: list[Frame],
+             width: int) -> list[tuple[str, str]]:
+    """The lines about a server (or all of them), its jobs, then the tubes' table."""
+    jobs = [
+        f"puts/s {_rate(server['puts_per_second'])}",
+        f"reserves/s {_rate(server['reserves_per_second'])}",
+    ] + [f"{key} {server[key]}" for key in ("ready", "reserved", "delayed", "buried", "waiting")]
+    return [
+        *((line, "bold") for line in _pack(about, width)),
+        *((line, "") for line in _pack(jobs, width)),
+        ("", ""),
+        *_table(tubes, width),
+    ]
+
+
+class SeveralView(TopView):
+    """A frame of several servers: each server's view, then their totals."""
+
+    def lines(self, width: int) -> list[tuple[str, str]]:
+        """Each server's lines, a blank line after each, then the totals' lines."""
+        result: list[tuple[str, str]] = []
+        for frame in self.frame["servers"]:
+            result += [*TopView(frame).lines(width), ("", "")]
+        total = self.frame["total"]
+        down = total["servers"] - total["connected"]
+        about = [f"total of {plural(total['connected'], 'server')}"] + (
+            [f"{down} DISCONNECTED"] if down else []
+        ) + [plural(total["server"]["connections"], "connection")] + (
+            ["DRAINING"] if total["server"]["draining"] else []
+        )
+        return result + _summary(about, total["server"], total["tubes"], width)
 
 
 def render(frame: Frame) -> RenderableType:
-    """A frame as two lines about the server and a table of the tubes, fitted to the width."""
-    return TopView(frame)
+    """A frame as two lines about the server and a table of the tubes, fitted to the width.
+
+    A frame of several servers shows each, then the totals.
+    """
+    return SeveralView(frame) if "servers" in frame else TopView(frame)
+
+
+# What a total adds up (the rest is the largest, or true if any is).
+_SUMMED = ("connections", "producers", "workers", "waiting", "ready", "reserved", "delayed",
+           "buried", "urgent", "total_jobs")
+_TUBE_SUMMED = ("ready", "reserved", "delayed", "buried", "waiting", "urgent", "total_jobs")
+
+
+def _sum_rates(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return round(sum(known), 2) if known else None
+
+
+def total_frame(frames: list[Frame]) -> Frame:
+    """The totals of the servers' frames: counts and rates added up, over those connected."""
+    live = [frame for frame in frames if frame["connected"]]
+    servers = [frame["server"] for frame in live]
+    server: Frame = {key: sum(each[key] for each in servers) for key in _SUMMED}
+    server["uptime"] = max((each["uptime"] for each in servers), default=0)
+    server["draining"] = any(each["draining"] for each in servers)
+    for key in ("puts_per_second", "reserves_per_second"):
+        server[key] = _sum_rates([each[key] for each in servers])
+    by_name: dict[str, list[Frame]] = {}
+    for frame in live:
+        for each in frame["tubes"]:
+            by_name.setdefault(each["name"], []).append(each)
+    tubes = []
+    for name in sorted(by_name):
+        same = by_name[name]
+        tube: Frame = {"name": name, **{key: sum(t[key] for t in same) for key in _TUBE_SUMMED}}
+        tube["puts_per_second"] = _sum_rates([t["puts_per_second"] for t in same])
+        tube["paused"] = any(t["paused"] for t in same)
+        tube["pause_time_left"] = max(t["pause_time_left"] for t in same)
+        tubes.append(tube)
+    return {"servers": len(frames), "connected": len(live), "server": server, "tubes": tubes}
 
 
 class Watch:
     """The frames of one server: a new one for each call, reconnecting when the server is back."""
 
-    def __init__(self, settings: Settings) -> None:
-        """Connect. Raises Failure: exit 2 for a bad address, 3 when the server is not there."""
+    def __init__(self, settings: Settings, where: TextAddress | None = None,
+                 connect: bool = True) -> None:
+        """Connect to ``where`` (or the server), unless ``connect`` is false.
+
+        Raises Failure: exit 2 for a bad address, 3 when the server is not there.
+        """
         self.settings = settings
-        self.address = describe_address(settings.resolve())
-        self.client: Client[bytes] | None = settings.connect()
+        self.where = settings.resolve() if where is None else where
+        self.address = describe_address(self.where)
+        self.client: Client[bytes] | None = (
+            settings.connect(address=self.where) if connect else None
+        )
         self.previous: Snapshot | None = None
 
     def next_frame(self) -> Frame:
         """The statistics now, with the rates since the last frame; or why there are none."""
         try:
             if self.client is None:
-                self.client = self.settings.open_client()
+                self.client = self.settings.open_client(address=self.where)
             current = take_snapshot(self.client)
         except ClientConnectionError as error:
             self.close()
@@ -276,6 +348,32 @@ class Watch:
         if self.client is not None:
             self.client.close()
             self.client = None
+
+
+class Watches:
+    """The frames of several servers, each with its own connection, and their totals."""
+
+    def __init__(self, settings: Settings, servers: list[TextAddress]) -> None:
+        """Connect to each server. Raises Failure (exit 3) when none is there."""
+        self.watches = [Watch(settings, where, connect=False) for where in servers]
+        failures = []
+        for watch in self.watches:
+            try:
+                watch.client = settings.open_client(address=watch.where)
+            except ClientConnectionError as error:
+                failures.append(connection_failure(watch.where, error).message)
+        if len(failures) == len(self.watches):
+            raise Failure("; ".join(failures), EXIT_CONNECTION)
+
+    def next_frame(self) -> Frame:
+        """Each server's frame (see :meth:`Watch.next_frame`), and their totals."""
+        frames = [watch.next_frame() for watch in self.watches]
+        return {"time": time.time(), "servers": frames, "total": total_frame(frames)}
+
+    def close(self) -> None:
+        """Close every connection."""
+        for watch in self.watches:
+            watch.close()
 
 
 class QuitKeys:
@@ -358,12 +456,16 @@ def top(settings: Settings, interval: float, once: bool, iterations: int | None)
     When stdout is not a terminal, or with --once or --json, frames are
     printed one after the other instead (one JSON document per frame with
     --json); the first comes after one interval, to have rates.
+
+    With several servers, each is shown, then the totals; top starts when
+    at least one of them answers.
     """
     if once and iterations not in (None, 1):
         raise click.UsageError("--once and --iterations exclude each other")
     console = stdout_console()
     live = console.is_interactive and not (once or settings.json)
-    watch = Watch(settings)
+    servers = settings.servers()
+    watch = Watch(settings) if len(servers) == 1 else Watches(settings, servers)
     try:
         if live:
             _show_live(console, watch, interval, iterations)
@@ -382,7 +484,8 @@ def top(settings: Settings, interval: float, once: bool, iterations: int | None)
         watch.close()
 
 
-def _show_live(console: Console, watch: Watch, interval: float, iterations: int | None) -> None:
+def _show_live(console: Console, watch: Watch | Watches, interval: float,
+               iterations: int | None) -> None:
     """Redraw the frames in place, ``iterations`` times or until q or Ctrl-C."""
     with contextlib.suppress(KeyboardInterrupt), QuitKeys() as keys, Live(
         render(watch.next_frame()), console=console, auto_refresh=False

@@ -18,7 +18,7 @@ from typing import Any, Union
 import click
 
 from .. import ClientConnectionError, Worker, aio
-from . import EXIT_USAGE
+from . import EXIT_CONNECTION, EXIT_USAGE
 from ._common import (
     Failure,
     OneOf,
@@ -68,8 +68,9 @@ def worker(
     OBJECT is a Worker, an asyncio Worker, or a mapping of tube names to
     handlers (an asyncio Worker is made when a handler is a coroutine
     function). A Worker keeps its own address unless --address or
-    $BEANSTALKD_ADDRESS gives one. The worker logs to stderr. Exits with the
-    worker's exit code; 3 when a --burst run cannot reach the server.
+    $BEANSTALKD_ADDRESS gives one; given several servers, it works for all
+    of them. The worker logs to stderr. Exits with the worker's exit code;
+    3 when a --burst run cannot reach a server.
     """
     found = load_target(target)
     try:
@@ -85,6 +86,8 @@ def worker(
         except ValueError as error:  # no handler
             raise Failure(f"{target}: {error}", EXIT_USAGE) from None
         except ClientConnectionError as error:  # a burst run that cannot connect
+            if isinstance(runner.address, list):  # several servers: the message names which
+                raise Failure(str(error), EXIT_CONNECTION) from None
             raise connection_failure(runner.address, error) from None
 
 
@@ -93,8 +96,8 @@ def _as_worker(settings: Settings, target: str, found: object) -> AnyWorker:
     if isinstance(found, Mapping):
         handlers: Mapping[str, Any] = found
         if any(inspect.iscoroutinefunction(handler) for handler in handlers.values()):
-            return aio.Worker(settings.resolve(), handlers=handlers)
-        return Worker(settings.resolve(), handlers=handlers)
+            return aio.Worker(settings.worker_address(), handlers=handlers)
+        return Worker(settings.worker_address(), handlers=handlers)
     if not isinstance(found, (Worker, aio.Worker)):
         raise Failure(
             f"{target} is neither a greenstalk.Worker, a greenstalk.aio.Worker nor a mapping "
@@ -102,7 +105,7 @@ def _as_worker(settings: Settings, target: str, found: object) -> AnyWorker:
             EXIT_USAGE,
         )
     if settings.address_given:
-        found.address = settings.resolve()
+        found.address = settings.worker_address()
     return found
 
 
