@@ -21,7 +21,6 @@ from ._base import (
     JobOrID,
     TBody,
 )
-from ._pool_common import NoServerError, UnknownPutError
 from ._protocol.errors import (
     BadFormatError,
     BeanstalkdError,
@@ -37,6 +36,7 @@ from ._protocol.errors import (
     ExpectedCrlfError,
     InternalError,
     JobTooBigError,
+    NoServerError,
     NotFoundError,
     NotIgnoredError,
     OutOfMemoryError,
@@ -44,6 +44,7 @@ from ._protocol.errors import (
     PutManyError,
     TimedOutError,
     UnknownCommandError,
+    UnknownPutError,
     UnknownResponseError,
 )
 from ._protocol.stats import Stats, StatsJob, StatsTube

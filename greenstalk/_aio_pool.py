@@ -12,11 +12,10 @@ import asyncio
 import contextlib
 import functools
 import ssl as _ssl
-from collections import deque
 from collections.abc import Awaitable, Iterable
 from time import monotonic
 from types import TracebackType
-from typing import Any, Callable, Generic, TypeVar, cast, overload
+from typing import Any, Callable, TypeVar, cast, overload
 
 from . import aio
 from ._base import (
@@ -30,28 +29,29 @@ from ._base import (
     Where,
     setup_requests,
 )
-from ._placement import Health, Key, Placement
+from ._placement import Key
 from ._pool_common import (
+    REFUSED_HERE,
     RESERVE_ROUND,
     SURPLUS_GRACE,
-    NoServerError,
+    Held,
     PoolAddresses,
-    UnknownPutError,
+    PoolBase,
+    PoolServer,
+    job_id_of,
     merge_tubes,
-    name_of,
-    pool_addresses,
+    split_shares,
     sum_stats,
     sum_tube_stats,
 )
 from ._protocol.errors import (
     BeanstalkdError,
     ClientConnectionError,
-    CommandNotSentError,
     DeadlineSoonError,
     DrainingError,
+    NoServerError,
     NotFoundError,
     NotIgnoredError,
-    OutOfMemoryError,
     PutManyError,
     TimedOutError,
 )
@@ -60,40 +60,11 @@ from ._protocol.stats import Stats, StatsJob, StatsTube
 T = TypeVar("T")
 Client = aio.Client
 
-_REFUSED_HERE = (DrainingError, OutOfMemoryError)
+_Server = PoolServer["Client[Any]"]
+_Held = Held["Client[Any]"]
 
 
-class _Held:
-    """A job reserved on a consumer connection, waiting for the caller or in its hands."""
-
-    __slots__ = ("client", "job", "release_at", "server")
-
-    def __init__(self, server: _Server, client: Client[Any], job: Job[Any]) -> None:
-        self.server = server
-        self.client = client
-        self.job = job
-        self.release_at: float | None = None
-
-
-class _Server:
-    """One server of a pool: its health, its command connection, its consumers."""
-
-    def __init__(self, where: Where, health: Health) -> None:
-        self.where = where
-        self.name = name_of(where)
-        self.health = health
-        self.producer: Client[Any] | None = None
-        self.free: list[Client[Any]] = []
-        self.reserving: Client[Any] | None = None
-        self.watch_generation: dict[Client[Any], int] = {}
-        self.task: asyncio.Task[None] | None = None
-        self.puts = 0
-        self.unknown_puts = 0
-        #: Jobs of this server handed out by reserve.
-        self.handed = 0
-
-
-class Pool(Generic[TBody]):
+class Pool(PoolBase[TBody, "Client[Any]"]):
     """Several beanstalkd servers used as one, from asyncio.
 
     The arguments, the placement, the failover and the methods are those of
@@ -103,6 +74,8 @@ class Pool(Generic[TBody]):
     many tasks: their commands to one server are pipelined on its
     connection, and each waiting ``reserve`` gets its own job.
     """
+
+    _name = "greenstalk.aio.Pool"
 
     @overload
     def __init__(
@@ -153,40 +126,15 @@ class Pool(Generic[TBody]):
         retry_base: float = 0.5,
         retry_cap: float = 30.0,
     ) -> None:
-        wheres = pool_addresses(addresses)
-        if encoding is not None:
-            "".encode(encoding)
-        watch_list = [watch] if isinstance(watch, str) else list(watch)
-        if not watch_list:
-            raise ValueError("watch must name at least one tube")
-        setup_requests(use, watch_list)
-        self.encoding = encoding
-        self._use = use
-        self._watch = list(dict.fromkeys(watch_list))
-        self._watch_generation = 0
-        self._timeout = socket_timeout
-        self._connect_timeout = socket_connect_timeout
-        self._ssl = ssl
-        self._at_most_once = at_most_once
-        self._servers: list[_Server] = [
-            _Server(where, Health(retry_base, retry_cap)) for where in wheres
-        ]
-        self._by_where = {server.where: server for server in self._servers}
-        self._placement = Placement(self._servers, [s.name for s in self._servers], strategy)
+        super().__init__(
+            addresses, encoding, use, watch, strategy, socket_timeout,
+            socket_connect_timeout, ssl, at_most_once, retry_base, retry_cap,
+        )
         self._changed: asyncio.Condition | None = None
-        self._ready: deque[_Held] = deque()
-        self._handed: dict[tuple[Where, int], _Held] = {}
-        self._waiting = 0
         self._opened = False
-        self._closed = False
         self._prober: asyncio.Task[None] | None = None
         #: Closes of stale consumer connections under way.
         self._closing: set[asyncio.Future[None]] = set()
-        #: Puts sent to a server that did not answer, then placed elsewhere (or raised).
-        self.unknown_puts = 0
-
-    def __repr__(self) -> str:
-        return f"greenstalk.aio.Pool([{', '.join(s.name for s in self._servers)}])"
 
     async def __aenter__(self) -> Pool[TBody]:
         await self.open()
@@ -199,20 +147,6 @@ class Pool(Generic[TBody]):
         traceback: TracebackType | None,
     ) -> None:
         await self.close()
-
-    @property
-    def addresses(self) -> list[Where]:
-        """The servers of the pool, in the order given."""
-        return [server.where for server in self._servers]
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._closed
-
-    def servers_up(self) -> list[Where]:
-        """The servers not marked down."""
-        return [server.where for server in self._servers if server.health.up]
 
     async def open(self) -> None:
         """Connect to every server that answers.
@@ -246,7 +180,7 @@ class Pool(Generic[TBody]):
         if self._closed:
             return
         self._closed = True
-        tasks = [s.task for s in self._servers if s.task is not None]
+        tasks = [s.consumer for s in self._servers if s.consumer is not None]
         if self._prober is not None:
             tasks.append(self._prober)
         for task in tasks:
@@ -342,18 +276,6 @@ class Pool(Generic[TBody]):
         server.health.succeeded()
         await self._notify()
 
-    def _server_of(self, job: JobOrID) -> _Server:
-        if isinstance(job, Job) and job.address is not None:
-            server = self._by_where.get(job.address)
-            if server is None:
-                raise ValueError(f"{job!r} is from a server this pool does not have")
-            return server
-        if isinstance(job, (Job, int)) and len(self._servers) == 1:
-            return self._servers[0]
-        raise TypeError(
-            "a pool needs to know the job's server: pass the Job that put or reserve returned"
-        )
-
     async def _on(self, server: _Server, command: Callable[[Client[Any]], Awaitable[T]]) -> T:
         self._condition()
         try:
@@ -386,10 +308,6 @@ class Pool(Generic[TBody]):
 
     # -- producer ------------------------------------------------------------
 
-    def _candidates(self, key: Key | None) -> list[_Server]:
-        order = self._placement.order(key)
-        return [s for s in order if s.health.up] + [s for s in order if not s.health.up]
-
     async def put(
         self,
         body: bytes | TBody,
@@ -407,7 +325,7 @@ class Pool(Generic[TBody]):
             try:
                 producer = server.producer or await self._producer(server)
                 job_id = await producer.put(body, priority, delay, ttr)
-            except (ClientConnectionError, *_REFUSED_HERE) as error:
+            except (ClientConnectionError, *REFUSED_HERE) as error:
                 return await self._put_elsewhere(body, priority, delay, ttr, key, server, error)
             server.puts += 1
             return cast(Job[TBody], Job(job_id, body, server.where))
@@ -432,32 +350,12 @@ class Pool(Generic[TBody]):
             try:
                 producer = await self._producer(server)
                 job_id = await producer.put(body, priority, delay, ttr)
-            except (ClientConnectionError, *_REFUSED_HERE) as error:
+            except (ClientConnectionError, *REFUSED_HERE) as error:
                 reasons.append(self._failed_put(server, error))
                 continue
             server.puts += 1
             return cast(Job[TBody], Job(job_id, body, server.where))
         raise NoServerError("no server of the pool took the put: " + "; ".join(reasons))
-
-    def _failed_put(self, server: _Server, error: BaseException) -> str:
-        if isinstance(error, ClientConnectionError):
-            self._put_failed(server, error, 1)
-        else:
-            self._mark_down(server, error)
-        return f"{server.name}: {error}"
-
-    def _put_failed(self, server: _Server, error: ClientConnectionError, count: int) -> None:
-        self._mark_down(server, error)
-        if isinstance(error, CommandNotSentError):
-            return
-        self.unknown_puts += count
-        server.unknown_puts += count
-        if self._at_most_once:
-            raise UnknownPutError(
-                f"{server.name} did not answer {count} put(s), which may have been stored "
-                f"there: {error}",
-                server.where,
-            ) from error
 
     async def put_many(
         self,
@@ -483,7 +381,7 @@ class Pool(Generic[TBody]):
             rounds += 1
             if rounds > len(self._servers) + 1:
                 raise NoServerError("no server of the pool took the puts: " + "; ".join(reasons))
-            shares = _shares(pending, self._candidates(key), key)
+            shares = split_shares(pending, self._candidates(key), key)
             outcomes = await asyncio.gather(
                 *(self._put_share(server, [items[i] for i in indexes], priority, delay, ttr)
                   for server, indexes in shares),
@@ -494,7 +392,7 @@ class Pool(Generic[TBody]):
                 if isinstance(outcome, PutManyError):
                     ids: list[int | None] = list(outcome.ids)
                     for position, error in outcome.errors.items():
-                        if isinstance(error, _REFUSED_HERE):
+                        if isinstance(error, REFUSED_HERE):
                             pending.append(indexes[position])
                             ids[position] = None
                             self._mark_down(server, error)
@@ -586,57 +484,29 @@ class Pool(Generic[TBody]):
                     raise ClientConnectionError("the pool is closed")
                 if not self._ready:
                     raise TimedOutError(f"reserve-with-timeout {timeout}: TIMED_OUT")
-                held = self._next_ready()
-                held.release_at = None
-                self._handed[(held.server.where, held.job.id)] = held
-                return cast(Job[TBody], held.job)
+                return cast(Job[TBody], self._next_ready().job)
             finally:
                 self._waiting -= 1
 
     def _has_job(self) -> bool:
         return bool(self._ready) or self._closed
 
-    def _next_ready(self) -> _Held:
-        """Take the reserved job to hand out: from the server served least so far.
-
-        A server that answers faster (a Unix socket, a less loaded host)
-        delivers first more often; choosing among the jobs waiting keeps
-        each server's share even when all have work.
-        """
-        held = min(self._ready, key=lambda entry: entry.server.handed)
-        self._ready.remove(held)
-        held.server.handed += 1
-        return held
-
     def _start_consumers(self) -> None:
         for server in self._servers:
-            if server.task is None:
-                server.task = asyncio.ensure_future(self._consume(server))
+            if server.consumer is None:
+                server.consumer = asyncio.ensure_future(self._consume(server))
 
     async def _consume(self, server: _Server) -> None:
         changed = self._condition()
         while not self._closed:
             async with changed:
                 while True:
-                    now = monotonic()
-                    expired = [
-                        held
-                        for held in self._ready
-                        if held.server is server
-                        and held.release_at is not None
-                        and held.release_at <= now
-                    ]
-                    if expired or (self._waiting > len(self._ready) and server.health.up):
+                    expired, next_release = self._expired(server, monotonic())
+                    if expired or self._wanted(server):
                         break
-                    times = [
-                        held.release_at
-                        for held in self._ready
-                        if held.server is server and held.release_at is not None
-                    ]
+                    wait = None if next_release is None else next_release - monotonic()
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(
-                            changed.wait(), min(times) - now if times else None
-                        )
+                        await asyncio.wait_for(changed.wait(), wait)
                 for held in expired:
                     self._ready.remove(held)
             if expired:
@@ -681,7 +551,7 @@ class Pool(Generic[TBody]):
                 self._mark_down(server, error)
             return
         server.reserving = None
-        held = _Held(server, client, Job(job.id, job.body, server.where))
+        held = Held(server, client, Job(job.id, job.body, server.where))
         if self._closed or server.watch_generation.get(client) != self._watch_generation:
             await self._give_back(held)
             return
@@ -715,7 +585,7 @@ class Pool(Generic[TBody]):
         self, job: JobOrID, command: Callable[[Client[Any], int], Awaitable[None]]
     ) -> bool:
         server = self._server_of(job)
-        job_id = _job_id(job)
+        job_id = job_id_of(job)
         held = self._handed.get((server.where, job_id))
         if held is None:
             return False
@@ -729,7 +599,7 @@ class Pool(Generic[TBody]):
 
     async def _done(self, job: JobOrID) -> None:
         server = self._server_of(job)
-        held = self._handed.pop((server.where, _job_id(job)), None)
+        held = self._handed.pop((server.where, job_id_of(job)), None)
         if held is not None:
             await self._free_client(server, held.client)
 
@@ -739,26 +609,26 @@ class Pool(Generic[TBody]):
             await self._done(job)
             return
         server = self._server_of(job)
-        await self._on(server, lambda client: client.delete(_job_id(job)))
+        await self._on(server, lambda client: client.delete(job_id_of(job)))
 
     async def release(
         self, job: JobOrID, priority: int = DEFAULT_PRIORITY, delay: int = DEFAULT_DELAY
     ) -> None:
         """Put a job this pool reserved back into its tube. Raises NotFoundError."""
         if not await self._finish(job, lambda c, i: c.release(i, priority, delay)):
-            raise NotFoundError(f"release {_job_id(job)}: NOT_FOUND (not reserved by this pool)")
+            raise NotFoundError(f"release {job_id_of(job)}: NOT_FOUND (not reserved by this pool)")
         await self._done(job)
 
     async def bury(self, job: JobOrID, priority: int = DEFAULT_PRIORITY) -> None:
         """Bury a job this pool reserved. Raises NotFoundError."""
         if not await self._finish(job, lambda c, i: c.bury(i, priority)):
-            raise NotFoundError(f"bury {_job_id(job)}: NOT_FOUND (not reserved by this pool)")
+            raise NotFoundError(f"bury {job_id_of(job)}: NOT_FOUND (not reserved by this pool)")
         await self._done(job)
 
     async def touch(self, job: JobOrID) -> None:
         """Restart the TTR of a job this pool reserved. Raises NotFoundError."""
         if not await self._finish(job, lambda c, i: c.touch(i)):
-            raise NotFoundError(f"touch {_job_id(job)}: NOT_FOUND (not reserved by this pool)")
+            raise NotFoundError(f"touch {job_id_of(job)}: NOT_FOUND (not reserved by this pool)")
 
     async def reserve_job(self, job: JobOrID) -> Job[TBody]:
         """Reserve a specific job on its server. Raises NotFoundError."""
@@ -773,23 +643,20 @@ class Pool(Generic[TBody]):
                 raise
             server.watch_generation[client] = self._watch_generation
         try:
-            found = await client.reserve_job(_job_id(job))
+            found = await client.reserve_job(job_id_of(job))
         except BaseException:
             await self._free_client(server, client)
             raise
-        held = _Held(server, client, Job(found.id, found.body, server.where))
+        held = Held(server, client, Job(found.id, found.body, server.where))
         self._handed[(server.where, found.id)] = held
         return cast(Job[TBody], held.job)
 
     # -- inspection ----------------------------------------------------------
 
-    def _located(self, server: _Server, job: Job[Any]) -> Job[TBody]:
-        return cast(Job[TBody], Job(job.id, job.body, server.where))
-
     async def peek(self, job: JobOrID) -> Job[TBody]:
         """Return a job from its server without reserving it. Raises NotFoundError."""
         server = self._server_of(job)
-        return self._located(server, await self._on(server, lambda c: c.peek(_job_id(job))))
+        return self._located(server, await self._on(server, lambda c: c.peek(job_id_of(job))))
 
     async def _peek_best(
         self,
@@ -841,12 +708,12 @@ class Pool(Generic[TBody]):
     async def kick_job(self, job: JobOrID) -> None:
         """Move one buried or delayed job to ready, on its server. Raises NotFoundError."""
         server = self._server_of(job)
-        await self._on(server, lambda c: c.kick_job(_job_id(job)))
+        await self._on(server, lambda c: c.kick_job(job_id_of(job)))
 
     async def stats_job(self, job: JobOrID) -> StatsJob:
         """The statistics of a job, from its server. Raises NotFoundError."""
         server = self._server_of(job)
-        return await self._on(server, lambda c: c.stats_job(_job_id(job)))
+        return await self._on(server, lambda c: c.stats_job(job_id_of(job)))
 
     async def stats(self) -> Stats:
         """The statistics of every server that answers, added up."""
@@ -875,27 +742,5 @@ class Pool(Generic[TBody]):
         results = await self._on_each(lambda c: c.pause_tube(tube, delay))
         if all(isinstance(r, NotFoundError) for r in results.values()):
             raise NotFoundError(f"pause-tube {tube}: NOT_FOUND (no server has this tube)")
-
-    def held_jobs(self) -> list[Job[TBody]]:
-        """The jobs this pool has handed out and not yet deleted, released or buried."""
-        return [cast(Job[TBody], held.job) for held in self._handed.values()]
-
-    def unknown_puts_by_server(self) -> dict[Where, int]:
-        """Puts sent to each server without an answer (each may also exist elsewhere)."""
-        return {server.where: server.unknown_puts for server in self._servers}
-
-
-def _shares(
-    indexes: list[int], servers: list[_Server], key: Key | None
-) -> list[tuple[_Server, list[int]]]:
-    if key is not None or len(servers) == 1:
-        return [(servers[0], indexes)]
-    live = [s for s in servers if s.health.up] or servers[:1]
-    return [(server, indexes[n :: len(live)]) for n, server in enumerate(live)]
-
-
-def _job_id(job: JobOrID) -> int:
-    return job.id if isinstance(job, Job) else job
-
 
 __all__ = ["Pool"]

@@ -1,16 +1,28 @@
-"""What both pools share: their errors, address lists, and the sums of per-server statistics."""
+"""What both pools share: errors, address lists, sums of statistics, servers and bookkeeping."""
 
 from __future__ import annotations
 
 import os
 import socket
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Union, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, Union, cast
 
 from ._address import ADDRESS_VARIABLE, DEFAULT_ADDRESS, describe_address, parse_address
-from ._base import Where
-from ._protocol.errors import ClientConnectionError, NotFoundError
+from ._base import Job, JobOrID, TBody, Where, setup_requests
+from ._placement import Health, Key, Placement
+from ._protocol.errors import (
+    ClientConnectionError,
+    CommandNotSentError,
+    DrainingError,
+    NotFoundError,
+    OutOfMemoryError,
+    UnknownPutError,
+)
 from ._protocol.stats import Stats, StatsTube
+
+if TYPE_CHECKING:
+    import ssl as _ssl
 
 ServerAddress = Union[tuple[str, int], str, "os.PathLike[str]"]
 PoolAddresses = Union[Sequence[ServerAddress], ServerAddress, None]
@@ -26,23 +38,6 @@ RESERVE_ROUND = 1
 #: TTR beanstalkd allows (1 s), so the consumer it goes to never gets a job
 #: whose TTR is half gone, and short, so other consumers are not kept waiting.
 SURPLUS_GRACE = 0.4
-
-
-class NoServerError(ClientConnectionError):
-    """No server of the pool could take the command; the message says why for each."""
-
-
-class UnknownPutError(ClientConnectionError):
-    """A put was sent to a server that did not answer, so whether it was stored is unknown.
-
-    Raised only by a pool made with ``at_most_once=True`` (otherwise the put
-    is placed on another server and counted in ``pool.unknown_puts``).
-    ``address`` is the server the put was sent to.
-    """
-
-    def __init__(self, message: str, address: Where) -> None:
-        super().__init__(message)
-        self.address = address
 
 
 def parse_addresses(text: str) -> list[tuple[str, int] | str]:
@@ -173,3 +168,214 @@ def merge_tubes(per_server: Iterable[list[str]]) -> list[str]:
     for tubes in per_server:
         merged.update(dict.fromkeys(tubes))
     return list(merged)
+
+
+C = TypeVar("C")
+"""A pool's connection class: :class:`greenstalk.Client` or :class:`greenstalk.aio.Client`."""
+
+# Server refusals that say "not here, try another server".
+REFUSED_HERE = (DrainingError, OutOfMemoryError)
+
+
+class PoolServer(Generic[C]):
+    """One server of a pool: its health, its command connection, its consumers."""
+
+    def __init__(self, where: Where, health: Health) -> None:
+        self.where = where
+        self.name = name_of(where)
+        self.health = health
+        #: The connection for puts and every command that is not a reservation.
+        self.producer: C | None = None
+        #: Consumer connections holding no job, and not reserving.
+        self.free: list[C] = []
+        #: The consumer connection reserving now, if any.
+        self.reserving: C | None = None
+        #: The watch list each consumer connection was given (a generation number).
+        self.watch_generation: dict[C, int] = {}
+        #: The thread or task that reserves on this server for the pool.
+        self.consumer: Any = None
+        #: Puts this server took; puts sent to it whose fate is unknown.
+        self.puts = 0
+        self.unknown_puts = 0
+        #: Jobs of this server handed out by reserve.
+        self.handed = 0
+
+
+class Held(Generic[C]):
+    """A job reserved on a consumer connection, waiting for the caller or in its hands."""
+
+    __slots__ = ("client", "job", "release_at", "server")
+
+    def __init__(self, server: PoolServer[C], client: C, job: Job[Any]) -> None:
+        self.server = server
+        self.client = client
+        self.job = job
+        #: When to give the job back if nobody has asked for it (monotonic clock).
+        self.release_at: float | None = None
+
+
+class PoolBase(Generic[TBody, C]):
+    """What both pools share: their settings, servers, placement and bookkeeping."""
+
+    _name: ClassVar[str] = "greenstalk.Pool"
+
+    def __init__(
+        self,
+        addresses: PoolAddresses,
+        encoding: str | None,
+        use: str,
+        watch: str | Iterable[str],
+        strategy: str,
+        socket_timeout: float | None,
+        socket_connect_timeout: float | None,
+        ssl: _ssl.SSLContext | None,
+        at_most_once: bool,
+        retry_base: float,
+        retry_cap: float,
+    ) -> None:
+        """Check the arguments; raises ValueError, TypeError or LookupError."""
+        wheres = pool_addresses(addresses)
+        if encoding is not None:
+            "".encode(encoding)  # a LookupError now, not at the first put
+        watch_list = [watch] if isinstance(watch, str) else list(watch)
+        if not watch_list:
+            raise ValueError("watch must name at least one tube")
+        setup_requests(use, watch_list)  # checks the tube names
+        self.encoding = encoding
+        self._use = use
+        self._watch = list(dict.fromkeys(watch_list))
+        self._watch_generation = 0
+        self._timeout = socket_timeout
+        self._connect_timeout = socket_connect_timeout
+        self._ssl = ssl
+        self._at_most_once = at_most_once
+        self._servers: list[PoolServer[C]] = [
+            PoolServer(where, Health(retry_base, retry_cap)) for where in wheres
+        ]
+        self._by_where = {server.where: server for server in self._servers}
+        self._placement = Placement(self._servers, [s.name for s in self._servers], strategy)
+        #: Jobs reserved and not yet handed out, oldest first.
+        self._ready: deque[Held[C]] = deque()
+        #: Jobs handed out, by (server, id): the connection that holds each.
+        self._handed: dict[tuple[Where, int], Held[C]] = {}
+        #: Callers waiting in reserve().
+        self._waiting = 0
+        self._closed = False
+        #: Puts sent to a server that did not answer, then placed elsewhere (or raised).
+        self.unknown_puts = 0
+
+    def __repr__(self) -> str:
+        return f"{self._name}([{', '.join(s.name for s in self._servers)}])"
+
+    @property
+    def addresses(self) -> list[Where]:
+        """The servers of the pool, in the order given."""
+        return [server.where for server in self._servers]
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def servers_up(self) -> list[Where]:
+        """The servers not marked down."""
+        return [server.where for server in self._servers if server.health.up]
+
+    def held_jobs(self) -> list[Job[TBody]]:
+        """The jobs this pool has handed out and not yet deleted, released or buried."""
+        return [cast(Job[TBody], held.job) for held in self._handed.values()]
+
+    def unknown_puts_by_server(self) -> dict[Where, int]:
+        """Puts sent to each server without an answer (each may also exist elsewhere)."""
+        return {server.where: server.unknown_puts for server in self._servers}
+
+    def _mark_down(self, server: PoolServer[C], error: BaseException) -> None:
+        """Take ``server`` out of rotation after ``error``; a probe brings it back."""
+        raise NotImplementedError
+
+    def _server_of(self, job: JobOrID) -> PoolServer[C]:
+        """The server ``job`` lives on. Raises TypeError or ValueError when that is unknown."""
+        if isinstance(job, Job) and job.address is not None:
+            server = self._by_where.get(job.address)
+            if server is None:
+                raise ValueError(f"{job!r} is from a server this pool does not have")
+            return server
+        if isinstance(job, (Job, int)) and len(self._servers) == 1:
+            return self._servers[0]
+        raise TypeError(
+            "a pool needs to know the job's server: pass the Job that put or reserve returned"
+        )
+
+    def _candidates(self, key: Key | None) -> list[PoolServer[C]]:
+        """The servers to try for a put, in order: live ones, then those marked down."""
+        order = self._placement.order(key)
+        return [s for s in order if s.health.up] + [s for s in order if not s.health.up]
+
+    def _located(self, server: PoolServer[C], job: Job[Any]) -> Job[TBody]:
+        return cast(Job[TBody], Job(job.id, job.body, server.where))
+
+    def _failed_put(self, server: PoolServer[C], error: BaseException) -> str:
+        """Take ``server`` out after a failed put; the reason, for NoServerError's message."""
+        if isinstance(error, ClientConnectionError):
+            self._put_failed(server, error, 1)
+        else:
+            self._mark_down(server, error)
+        return f"{server.name}: {error}"
+
+    def _put_failed(self, server: PoolServer[C], error: ClientConnectionError, count: int) -> None:
+        """Mark ``server`` down after a failed put of ``count`` jobs.
+
+        A put that may have reached it is counted, and raised as
+        UnknownPutError with ``at_most_once``.
+        """
+        self._mark_down(server, error)
+        if isinstance(error, CommandNotSentError):
+            return
+        self.unknown_puts += count
+        server.unknown_puts += count
+        if self._at_most_once:
+            raise UnknownPutError(
+                f"{server.name} did not answer {count} put(s), which may have been stored "
+                f"there: {error}",
+                server.where,
+            ) from error
+
+    def _next_ready(self) -> Held[C]:
+        """Take the reserved job to hand out: from the server served least so far.
+
+        A server that answers faster (a Unix socket, a less loaded host)
+        delivers first more often; choosing among the jobs waiting keeps
+        each server's share even when all have work.
+        """
+        held = min(self._ready, key=lambda entry: entry.server.handed)
+        self._ready.remove(held)
+        held.server.handed += 1
+        held.release_at = None
+        self._handed[(held.server.where, held.job.id)] = held
+        return held
+
+    def _expired(self, server: PoolServer[C], now: float) -> tuple[list[Held[C]], float | None]:
+        """``server``'s jobs reserved ahead of demand whose time is up, and the next deadline."""
+        mine = [h for h in self._ready if h.server is server and h.release_at is not None]
+        expired = [h for h in mine if cast(float, h.release_at) <= now]
+        later = [cast(float, h.release_at) for h in mine if cast(float, h.release_at) > now]
+        return expired, min(later) if later else None
+
+    def _wanted(self, server: PoolServer[C]) -> bool:
+        """Whether ``server``'s consumer should reserve now."""
+        return self._waiting > len(self._ready) and server.health.up
+
+
+def split_shares(
+    indexes: list[int], servers: list[PoolServer[C]], key: Key | None
+) -> list[tuple[PoolServer[C], list[int]]]:
+    """Split put_many's ``indexes`` over ``servers``: all to the first with a key, else in turn."""
+    if key is not None or len(servers) == 1:
+        return [(servers[0], indexes)]
+    live = [s for s in servers if s.health.up] or servers[:1]
+    return [(server, indexes[n :: len(live)]) for n, server in enumerate(live)]
+
+
+def job_id_of(job: JobOrID) -> int:
+    """The id of a job given as a Job or an id."""
+    return job.id if isinstance(job, Job) else job

@@ -15,11 +15,10 @@ import functools
 import socket
 import ssl as _ssl
 import threading
-from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from time import monotonic
 from types import TracebackType
-from typing import Any, Callable, Generic, TypeVar, cast, overload
+from typing import Any, Callable, TypeVar, cast, overload
 
 from ._base import (
     DEFAULT_DELAY,
@@ -32,28 +31,29 @@ from ._base import (
     Where,
     setup_requests,
 )
-from ._placement import Health, Key, Placement
+from ._placement import Key
 from ._pool_common import (
+    REFUSED_HERE,
     RESERVE_ROUND,
     SURPLUS_GRACE,
-    NoServerError,
+    Held,
     PoolAddresses,
-    UnknownPutError,
+    PoolBase,
+    PoolServer,
+    job_id_of,
     merge_tubes,
-    name_of,
-    pool_addresses,
+    split_shares,
     sum_stats,
     sum_tube_stats,
 )
 from ._protocol.errors import (
     BeanstalkdError,
     ClientConnectionError,
-    CommandNotSentError,
     DeadlineSoonError,
     DrainingError,
+    NoServerError,
     NotFoundError,
     NotIgnoredError,
-    OutOfMemoryError,
     PutManyError,
     TimedOutError,
 )
@@ -62,49 +62,14 @@ from .client import Client
 
 T = TypeVar("T")
 
+_Server = PoolServer["Client[Any]"]
+_Held = Held["Client[Any]"]
+
 # put_many sends the servers' shares at once (a thread each) from this many bodies.
 _SHARES_AT_ONCE = 256
-# Server refusals that say "not here, try another server".
-_REFUSED_HERE = (DrainingError, OutOfMemoryError)
 
 
-class _Held:
-    """A job reserved on a consumer connection, waiting for the caller or in its hands."""
-
-    __slots__ = ("client", "job", "release_at", "server")
-
-    def __init__(self, server: _Server, client: Client[Any], job: Job[Any]) -> None:
-        self.server = server
-        self.client = client
-        self.job = job
-        #: When to give the job back if nobody has asked for it (monotonic clock).
-        self.release_at: float | None = None
-
-
-class _Server:
-    """One server of a pool: its health, its command connection, its consumers."""
-
-    def __init__(self, where: Where, health: Health) -> None:
-        self.where = where
-        self.name = name_of(where)
-        self.health = health
-        #: The connection for puts and every command that is not a reservation.
-        self.producer: Client[Any] | None = None
-        #: Consumer connections holding no job, and not reserving.
-        self.free: list[Client[Any]] = []
-        #: The consumer connection reserving now, if any.
-        self.reserving: Client[Any] | None = None
-        #: The watch list each consumer connection was given (a generation number).
-        self.watch_generation: dict[Client[Any], int] = {}
-        self.thread: threading.Thread | None = None
-        #: Puts this server took; puts sent to it whose fate is unknown.
-        self.puts = 0
-        self.unknown_puts = 0
-        #: Jobs of this server handed out by reserve.
-        self.handed = 0
-
-
-class Pool(Generic[TBody]):
+class Pool(PoolBase[TBody, "Client[Any]"]):
     """Several beanstalkd servers used as one.
 
     ``addresses`` lists the servers (``(host, port)`` tuples and Unix socket
@@ -184,40 +149,15 @@ class Pool(Generic[TBody]):
         retry_base: float = 0.5,
         retry_cap: float = 30.0,
     ) -> None:
-        wheres = pool_addresses(addresses)
-        if encoding is not None:
-            "".encode(encoding)  # a LookupError now, not at the first put
-        watch_list = [watch] if isinstance(watch, str) else list(watch)
-        if not watch_list:
-            raise ValueError("watch must name at least one tube")
-        setup_requests(use, watch_list)  # checks the tube names
-        self.encoding = encoding
-        self._use = use
-        self._watch = list(dict.fromkeys(watch_list))
-        self._watch_generation = 0
-        self._timeout = socket_timeout
-        self._connect_timeout = socket_connect_timeout
-        self._ssl = ssl
-        self._at_most_once = at_most_once
-        self._servers: list[_Server] = [
-            _Server(where, Health(retry_base, retry_cap)) for where in wheres
-        ]
-        self._by_where = {server.where: server for server in self._servers}
-        self._placement = Placement(self._servers, [s.name for s in self._servers], strategy)
-        #: Guards the consumer state below; the threads wait on it.
+        super().__init__(
+            addresses, encoding, use, watch, strategy, socket_timeout,
+            socket_connect_timeout, ssl, at_most_once, retry_base, retry_cap,
+        )
+        #: Guards the consumer state; the threads wait on it.
         self._lock = threading.Condition()
-        #: Jobs reserved and not yet handed out, oldest first.
-        self._ready: deque[_Held] = deque()
-        #: Jobs handed out, by (server, id): the connection that holds each.
-        self._handed: dict[tuple[Where, int], _Held] = {}
-        #: Callers waiting in reserve().
-        self._waiting = 0
-        self._closed = False
         self._prober: threading.Thread | None = None
         #: Threads that pipeline put_many's shares at once, made on first use.
         self._putters: concurrent.futures.ThreadPoolExecutor | None = None
-        #: Puts sent to a server that did not answer, then placed elsewhere (or raised).
-        self.unknown_puts = 0
         reasons = []
         for server in self._servers:
             try:
@@ -228,9 +168,6 @@ class Pool(Generic[TBody]):
         if len(reasons) == len(self._servers):
             self.close()
             raise NoServerError("cannot connect to any server of the pool: " + "; ".join(reasons))
-
-    def __repr__(self) -> str:
-        return f"greenstalk.Pool([{', '.join(s.name for s in self._servers)}])"
 
     def __enter__(self) -> Pool[TBody]:
         return self
@@ -243,20 +180,6 @@ class Pool(Generic[TBody]):
     ) -> None:
         self.close()
 
-    @property
-    def addresses(self) -> list[Where]:
-        """The servers of the pool, in the order given."""
-        return [server.where for server in self._servers]
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called."""
-        return self._closed
-
-    def servers_up(self) -> list[Where]:
-        """The servers not marked down."""
-        return [server.where for server in self._servers if server.health.up]
-
     def close(self) -> None:
         """Close every connection and stop the pool's threads.
 
@@ -267,7 +190,7 @@ class Pool(Generic[TBody]):
                 return
             self._closed = True
             self._lock.notify_all()
-            threads = [s.thread for s in self._servers if s.thread is not None]
+            threads = [s.consumer for s in self._servers if s.consumer is not None]
             for server in self._servers:
                 if server.reserving is not None:
                     _interrupt(server.reserving)
@@ -359,19 +282,6 @@ class Pool(Generic[TBody]):
             server.health.succeeded()
             self._lock.notify_all()
 
-    def _server_of(self, job: JobOrID) -> _Server:
-        """The server ``job`` lives on. Raises TypeError or ValueError when that is unknown."""
-        if isinstance(job, Job) and job.address is not None:
-            server = self._by_where.get(job.address)
-            if server is None:
-                raise ValueError(f"{job!r} is from a server this pool does not have")
-            return server
-        if isinstance(job, (Job, int)) and len(self._servers) == 1:
-            return self._servers[0]
-        raise TypeError(
-            "a pool needs to know the job's server: pass the Job that put or reserve returned"
-        )
-
     def _on(self, server: _Server, command: Callable[[Client[Any]], T]) -> T:
         """Run ``command`` on ``server``'s command connection.
 
@@ -405,11 +315,6 @@ class Pool(Generic[TBody]):
 
     # -- producer ------------------------------------------------------------
 
-    def _candidates(self, key: Key | None) -> list[_Server]:
-        """The servers to try for a put, in order: live ones, then those marked down."""
-        order = self._placement.order(key)
-        return [s for s in order if s.health.up] + [s for s in order if not s.health.up]
-
     def put(
         self,
         body: bytes | TBody,
@@ -432,7 +337,7 @@ class Pool(Generic[TBody]):
             try:
                 producer = server.producer or self._producer(server)
                 job_id = producer.put(body, priority, delay, ttr)
-            except (ClientConnectionError, *_REFUSED_HERE) as error:
+            except (ClientConnectionError, *REFUSED_HERE) as error:
                 return self._put_elsewhere(body, priority, delay, ttr, key, server, error)
             server.puts += 1
             return cast(Job[TBody], Job(job_id, body, server.where))
@@ -460,38 +365,12 @@ class Pool(Generic[TBody]):
                 continue
             try:
                 job_id = self._producer(server).put(body, priority, delay, ttr)
-            except (ClientConnectionError, *_REFUSED_HERE) as error:
+            except (ClientConnectionError, *REFUSED_HERE) as error:
                 reasons.append(self._failed_put(server, error))
                 continue
             server.puts += 1
             return cast(Job[TBody], Job(job_id, body, server.where))
         raise NoServerError("no server of the pool took the put: " + "; ".join(reasons))
-
-    def _failed_put(self, server: _Server, error: BaseException) -> str:
-        """Take ``server`` out after a failed put; the reason, for NoServerError's message."""
-        if isinstance(error, ClientConnectionError):
-            self._put_failed(server, error, 1)
-        else:
-            self._mark_down(server, error)
-        return f"{server.name}: {error}"
-
-    def _put_failed(self, server: _Server, error: ClientConnectionError, count: int) -> None:
-        """Mark ``server`` down after a failed put of ``count`` jobs.
-
-        A put that may have reached it is counted, and raised as
-        UnknownPutError with ``at_most_once``.
-        """
-        self._mark_down(server, error)
-        if isinstance(error, CommandNotSentError):
-            return
-        self.unknown_puts += count
-        server.unknown_puts += count
-        if self._at_most_once:
-            raise UnknownPutError(
-                f"{server.name} did not answer {count} put(s), which may have been stored "
-                f"there: {error}",
-                server.where,
-            ) from error
 
     def put_many(
         self,
@@ -520,14 +399,14 @@ class Pool(Generic[TBody]):
             rounds += 1
             if rounds > len(self._servers) + 1:
                 raise NoServerError("no server of the pool took the puts: " + "; ".join(reasons))
-            shares = self._shares(pending, self._candidates(key), key)
+            shares = split_shares(pending, self._candidates(key), key)
             outcomes = self._put_shares(shares, items, priority, delay, ttr)
             pending = []
             for (server, indexes), outcome in zip(shares, outcomes):
                 if isinstance(outcome, PutManyError):
                     ids: list[int | None] = list(outcome.ids)
                     for position, error in outcome.errors.items():
-                        if isinstance(error, _REFUSED_HERE):
+                        if isinstance(error, REFUSED_HERE):
                             pending.append(indexes[position])
                             ids[position] = None
                             self._mark_down(server, error)
@@ -580,15 +459,6 @@ class Pool(Generic[TBody]):
             )
         futures = [self._putters.submit(put_share, *share) for share in shares]
         return [future.result() for future in futures]
-
-    def _shares(
-        self, indexes: list[int], servers: list[_Server], key: Key | None
-    ) -> list[tuple[_Server, list[int]]]:
-        """Split ``indexes`` over ``servers``: all to the first with a key, else in turn."""
-        if key is not None or len(servers) == 1:
-            return [(servers[0], indexes)]
-        live = [s for s in servers if s.health.up] or servers[:1]
-        return [(server, indexes[n :: len(live)]) for n, server in enumerate(live)]
 
     def use(self, tube: str) -> None:
         """Make ``put`` insert into ``tube`` on every server."""
@@ -664,39 +534,20 @@ class Pool(Generic[TBody]):
                     if left is not None and left <= 0:
                         raise TimedOutError(f"reserve-with-timeout {timeout}: TIMED_OUT")
                     self._lock.wait(left)
-                held = self._next_ready()
-                held.release_at = None
-                self._handed[(held.server.where, held.job.id)] = held
-                return cast(Job[TBody], held.job)
+                return cast(Job[TBody], self._next_ready().job)
             finally:
                 self._waiting -= 1
 
-    def _next_ready(self) -> _Held:
-        """Take the reserved job to hand out: from the server served least so far.
-
-        A server that answers faster (a Unix socket, a less loaded host)
-        delivers first more often; choosing among the jobs waiting keeps
-        each server's share even when all have work.
-        """
-        held = min(self._ready, key=lambda entry: entry.server.handed)
-        self._ready.remove(held)
-        held.server.handed += 1
-        return held
-
     def _start_consumers(self) -> None:
         for server in self._servers:
-            if server.thread is None:
-                server.thread = threading.Thread(
+            if server.consumer is None:
+                server.consumer = threading.Thread(
                     target=self._consume,
                     args=(server,),
                     name=f"greenstalk-pool-{server.name}",
                     daemon=True,
                 )
-                server.thread.start()
-
-    def _wanted(self, server: _Server) -> bool:
-        """Whether ``server``'s thread should reserve now (the lock is held)."""
-        return self._waiting > len(self._ready) and server.health.up
+                server.consumer.start()
 
     def _consume(self, server: _Server) -> None:
         """A server's consumer thread: reserve while jobs are wanted, give back stale ones."""
@@ -704,22 +555,10 @@ class Pool(Generic[TBody]):
             expired: list[_Held] = []
             with self._lock:
                 while not self._closed:
-                    now = monotonic()
-                    expired = [
-                        held
-                        for held in self._ready
-                        if held.server is server
-                        and held.release_at is not None
-                        and held.release_at <= now
-                    ]
+                    expired, next_release = self._expired(server, monotonic())
                     if expired or self._wanted(server):
                         break
-                    times = [
-                        held.release_at
-                        for held in self._ready
-                        if held.server is server and held.release_at is not None
-                    ]
-                    self._lock.wait(min(times) - now if times else None)
+                    self._lock.wait(None if next_release is None else next_release - monotonic())
                 if self._closed:
                     return
                 for held in expired:
@@ -775,7 +614,7 @@ class Pool(Generic[TBody]):
             if not interrupted:
                 self._mark_down(server, error)
             return
-        held = _Held(server, client, Job(job.id, job.body, server.where))
+        held = Held(server, client, Job(job.id, job.body, server.where))
         held.release_at = monotonic() + SURPLUS_GRACE
         with self._lock:
             server.reserving = None
@@ -834,7 +673,7 @@ class Pool(Generic[TBody]):
         """Delete a job: one this pool reserved, or a ready, delayed or buried one."""
         if not self._finish(job, Client.delete):
             server = self._server_of(job)
-            self._on(server, lambda client: client.delete(_job_id(job)))
+            self._on(server, lambda client: client.delete(job_id_of(job)))
             return
         self._done(job)
 
@@ -846,7 +685,7 @@ class Pool(Generic[TBody]):
         Raises :class:`~greenstalk.NotFoundError` if the pool does not hold it.
         """
         if not self._finish(job, lambda c, i: c.release(i, priority, delay)):
-            raise NotFoundError(f"release {_job_id(job)}: NOT_FOUND (not reserved by this pool)")
+            raise NotFoundError(f"release {job_id_of(job)}: NOT_FOUND (not reserved by this pool)")
         self._done(job)
 
     def bury(self, job: JobOrID, priority: int = DEFAULT_PRIORITY) -> None:
@@ -855,7 +694,7 @@ class Pool(Generic[TBody]):
         Raises :class:`~greenstalk.NotFoundError` if the pool does not hold it.
         """
         if not self._finish(job, lambda c, i: c.bury(i, priority)):
-            raise NotFoundError(f"bury {_job_id(job)}: NOT_FOUND (not reserved by this pool)")
+            raise NotFoundError(f"bury {job_id_of(job)}: NOT_FOUND (not reserved by this pool)")
         self._done(job)
 
     def touch(self, job: JobOrID) -> None:
@@ -864,11 +703,11 @@ class Pool(Generic[TBody]):
         Raises :class:`~greenstalk.NotFoundError` if the pool does not hold it.
         """
         if not self._finish(job, Client.touch):
-            raise NotFoundError(f"touch {_job_id(job)}: NOT_FOUND (not reserved by this pool)")
+            raise NotFoundError(f"touch {job_id_of(job)}: NOT_FOUND (not reserved by this pool)")
 
     def _done(self, job: JobOrID) -> None:
         server = self._server_of(job)
-        held = self._handed.pop((server.where, _job_id(job)))
+        held = self._handed.pop((server.where, job_id_of(job)))
         self._free_client(server, held.client)
 
     def reserve_job(self, job: JobOrID) -> Job[TBody]:
@@ -885,23 +724,20 @@ class Pool(Generic[TBody]):
             with self._lock:
                 server.watch_generation[client] = self._watch_generation
         try:
-            found = client.reserve_job(_job_id(job))
+            found = client.reserve_job(job_id_of(job))
         except BaseException:
             self._free_client(server, client)
             raise
-        held = _Held(server, client, Job(found.id, found.body, server.where))
+        held = Held(server, client, Job(found.id, found.body, server.where))
         self._handed[(server.where, found.id)] = held
         return cast(Job[TBody], held.job)
 
     # -- inspection ----------------------------------------------------------
 
-    def _located(self, server: _Server, job: Job[Any]) -> Job[TBody]:
-        return cast(Job[TBody], Job(job.id, job.body, server.where))
-
     def peek(self, job: JobOrID) -> Job[TBody]:
         """Return a job from its server without reserving it. Raises NotFoundError."""
         server = self._server_of(job)
-        return self._located(server, self._on(server, lambda c: c.peek(_job_id(job))))
+        return self._located(server, self._on(server, lambda c: c.peek(job_id_of(job))))
 
     def _peek_best(
         self, peek: Callable[[Client[Any]], Job[Any]], rank: Callable[[StatsJob], Any]
@@ -954,12 +790,12 @@ class Pool(Generic[TBody]):
     def kick_job(self, job: JobOrID) -> None:
         """Move one buried or delayed job to ready, on its server. Raises NotFoundError."""
         server = self._server_of(job)
-        self._on(server, lambda c: c.kick_job(_job_id(job)))
+        self._on(server, lambda c: c.kick_job(job_id_of(job)))
 
     def stats_job(self, job: JobOrID) -> StatsJob:
         """The statistics of a job, from its server. Raises NotFoundError."""
         server = self._server_of(job)
-        return self._on(server, lambda c: c.stats_job(_job_id(job)))
+        return self._on(server, lambda c: c.stats_job(job_id_of(job)))
 
     def stats(self) -> Stats:
         """The statistics of every server that answers, added up (see :func:`sum_stats`)."""
@@ -992,20 +828,6 @@ class Pool(Generic[TBody]):
         if all(isinstance(r, NotFoundError) for r in results.values()):
             raise NotFoundError(f"pause-tube {tube}: NOT_FOUND (no server has this tube)")
 
-    def held_jobs(self) -> Iterator[Job[TBody]]:
-        """The jobs this pool has handed out and not yet deleted, released or buried."""
-        for held in list(self._handed.values()):
-            yield cast(Job[TBody], held.job)
-
-    def unknown_puts_by_server(self) -> dict[Where, int]:
-        """Puts sent to each server without an answer (each may also exist elsewhere)."""
-        return {server.where: server.unknown_puts for server in self._servers}
-
-
-def _job_id(job: JobOrID) -> int:
-    return job.id if isinstance(job, Job) else job
-
-
 def _interrupt(client: Client[Any]) -> None:
     """Wake a thread waiting on ``client``'s reserve: it fails and drops the connection."""
     sock = getattr(client, "_socket", None)
@@ -1014,4 +836,4 @@ def _interrupt(client: Client[Any]) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
-__all__ = ["NoServerError", "Pool", "UnknownPutError"]
+__all__ = ["Pool"]

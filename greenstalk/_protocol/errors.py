@@ -206,6 +206,25 @@ class ClientTimeoutError(ClientConnectionError, TimeoutError):
     """
 
 
+class NoServerError(ClientConnectionError):
+    """No server of the pool could take the command; the message says why for each."""
+
+
+class UnknownPutError(ClientConnectionError):
+    """A put was sent to a server that did not answer, so whether it was stored is unknown.
+
+    Raised only by a pool made with ``at_most_once=True`` (otherwise the put
+    is placed on another server and counted in ``pool.unknown_puts``).
+    ``address`` is the server the put was sent to.
+    """
+
+    def __init__(self, message: str, address: tuple[str, int] | str) -> None:
+        super().__init__(message)
+        self.address = address
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.args[0], self.address)
+
 class ProtocolError(ClientConnectionError):
     """The server sent bytes that are not a valid beanstalkd reply."""
 
