@@ -10,7 +10,9 @@ It starts three servers (pinned to the last CPU) and measures, in this
 process (pinned to the first CPU), interleaved round by round:
 
 * ``put``: 100-byte puts one at a time, by a :class:`greenstalk.Client` of
-  one server and by a :class:`greenstalk.Pool` of the three (round-robin);
+  one server, by three clients used in turn (what spreading costs the
+  servers, without a pool), and by a :class:`greenstalk.Pool` of the three
+  (round-robin);
 * ``put_many``: the same puts pipelined, by the client into one server and by
   the blocking and the asyncio pool over three.
 
@@ -69,6 +71,21 @@ def client_puts(address: Any, count: int) -> float:
         return timed(lambda: [put(BODY) for _ in range(count)], count)
 
 
+def clients_in_turn_puts(addresses: list[Any], count: int) -> float:
+    clients = [greenstalk.Client(address) for address in addresses]
+    try:
+        puts = [client.put for client in clients]
+
+        def put_in_turn() -> None:
+            for n in range(count):
+                puts[n % 3](BODY)
+
+        return timed(put_in_turn, count)
+    finally:
+        for client in clients:
+            client.close()
+
+
 def pool_puts(addresses: list[Any], count: int) -> float:
     with greenstalk.Pool(addresses) as pool:
         put = pool.put
@@ -97,6 +114,7 @@ def aio_pool_put_many(addresses: list[Any], count: int) -> float:
 
 CASES: dict[str, tuple[str, Callable[[list[Any], int], float]]] = {
     "put, client (1 server)": ("put", lambda a, n: client_puts(a[0], n)),
+    "put, 3 clients in turn (no pool)": ("put", clients_in_turn_puts),
     "put, Pool (3 servers)": ("put", pool_puts),
     "put_many, client (1 server)": ("put_many", lambda a, n: client_put_many(a[0], n)),
     "put_many, Pool (3 servers)": ("put_many", pool_put_many),
@@ -128,7 +146,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     single = medians["put, Pool (3 servers)"] / medians["put, client (1 server)"]
     many = medians["put_many, Pool (3 servers)"] / medians["put_many, client (1 server)"]
     aio_many = medians["put_many, aio.Pool (3 servers)"] / medians["put_many, client (1 server)"]
+    in_turn = medians["put, Pool (3 servers)"] / medians["put, 3 clients in turn (no pool)"]
     print(f"  Pool put / client put:            {single:.2f}x (target >= 0.95x)")
+    print(f"  Pool put / 3 clients in turn:     {in_turn:.2f}x (the pool's own cost)")
     print(f"  Pool put_many / client put_many:  {many:.2f}x (target >= 2x)")
     print(f"  aio.Pool put_many / client:       {aio_many:.2f}x")
 
