@@ -180,6 +180,7 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
         if self._closed:
             return
         self._closed = True
+        await self._notify()  # consumers waiting for demand see the pool closed
         tasks = [s.consumer for s in self._servers if s.consumer is not None]
         if self._prober is not None:
             tasks.append(self._prober)
@@ -498,15 +499,20 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
 
     async def _consume(self, server: _Server) -> None:
         changed = self._condition()
-        while not self._closed:
+        while True:
             async with changed:
-                while True:
+                # The pool's closing is checked on each wake-up, not left to
+                # the task's cancellation: wait_for can swallow a cancel that
+                # comes as the wait ends (Python before 3.12).
+                while not self._closed:
                     expired, next_release = self._expired(server, monotonic())
                     if expired or self._wanted(server):
                         break
                     wait = None if next_release is None else next_release - monotonic()
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(changed.wait(), wait)
+                if self._closed:
+                    return
                 for held in expired:
                     self._ready.remove(held)
             if expired:
