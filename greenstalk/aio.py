@@ -101,6 +101,12 @@ class _Pending:
         self.holding = False
 
 
+def _close_opened(future: asyncio.Future[socket.socket]) -> None:
+    """Done-callback of a connect nobody waits for any more: close its socket."""
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()
+
+
 def _retrieve(future: asyncio.Future[Any]) -> None:
     """Done-callback of internal commands: mark their outcome as seen."""
     if not future.cancelled():
@@ -630,9 +636,15 @@ class Client(ClientBase[TBody]):
             # A non-blocking connect to a Unix socket whose queue is full
             # fails at once, and asyncio takes that for success; a blocking
             # one, in a worker thread, waits (bounded by the connect timeout).
-            sock = await loop.run_in_executor(
+            opening = loop.run_in_executor(
                 None, open_socket, os.fspath(address), self._connect_timeout
             )
+            try:
+                sock = await asyncio.shield(opening)
+            except asyncio.CancelledError:
+                # The thread connects on regardless: close what it opens.
+                opening.add_done_callback(_close_opened)
+                raise
             try:
                 await loop.create_unix_connection(lambda: connection, sock=sock, ssl=context)
             except BaseException:
