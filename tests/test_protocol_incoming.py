@@ -5,7 +5,10 @@ from __future__ import annotations
 import socket
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from greenstalk._protocol import incoming
 from greenstalk._protocol.incoming import (
     BAD_FORMAT,
     NO_CRLF,
@@ -241,3 +244,24 @@ def test_reader_takes_bodies_and_skips() -> None:
     assert reader.skip(4) == 4
     assert reader.skip(100) == 6
     assert reader.buffered == 0
+
+
+def _outcome(parse: object, line: bytes) -> object:
+    try:
+        return parse(line)  # type: ignore[operator]
+    except CommandError as error:
+        return ("refused", error.reply, error.op, error.counted)
+
+
+_WORDS = [prefix.rstrip(b" ") for prefix, _ in incoming._PREFIXES] + [b"put0", b"deletex", b""]
+_PIECES = st.sampled_from(
+    [b" ", b"  ", b"0", b"7", b"00", b"-1", b"+3", b"x", b"\0", b"\t", str(2**31).encode(),
+     str(2**32 - 1).encode(), str(2**32).encode(), str(2**64 - 1).encode(), str(2**64).encode()]
+)
+
+
+@given(st.sampled_from(_WORDS), st.lists(_PIECES, max_size=9))
+def test_quick_path_agrees_with_beanstalkds_rules(word: bytes, pieces: list[bytes]) -> None:
+    """Every line parse_command takes at once, it takes as the general scanner would."""
+    line = word + b"".join(pieces)
+    assert _outcome(parse_command, line) == _outcome(incoming._parse_by_beanstalkd_rules, line)

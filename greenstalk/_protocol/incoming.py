@@ -13,7 +13,7 @@ number the lax way of C's ``strtoul`` and ``strtol``.
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple, Union
+from typing import Final, Literal, NamedTuple, Union
 
 U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1
@@ -159,6 +159,25 @@ _BARE_COMMANDS = {
 }
 _ID_ONLY = frozenset((Op.PEEK, Op.RESERVE_JOB, Op.DELETE, Op.KICK_JOB, Op.TOUCH, Op.STATS_JOB))
 _NUMBER_ARGUMENTS.update(dict.fromkeys(_ID_ONLY, (U64_MAX,)))
+# reserve-with-timeout's timeout is a C int; larger ones go the long way.
+_PLAIN_TIMEOUT = (2**31 - 1,)
+# The lines parse_command takes at once: a bare command word alone, and a
+# command word whose prefix ends at its space, followed by numbers.
+_PLAIN_BARE = {
+    word: _BARE_COMMANDS[match[1]]
+    for (word, spaced), match in _MATCH_BY_WORD.items()
+    if not spaced and match is not None and match[0] == word and match[1] in _BARE_COMMANDS
+}
+_PLAIN_WORDS = {
+    word: (match[1], _NUMBER_ARGUMENTS.get(match[1], _PLAIN_TIMEOUT))
+    for (word, spaced), match in _MATCH_BY_WORD.items()
+    if spaced
+    and match is not None
+    and match[0] == word + b" "
+    and (match[1] in _NUMBER_ARGUMENTS or match[1] is Op.RESERVE_WITH_TIMEOUT)
+}
+# Command's own constructor, without the Python-level __new__ a NamedTuple adds.
+_new_command = tuple.__new__
 
 BAD_FORMAT = b"BAD_FORMAT\r\n"
 UNKNOWN_COMMAND = b"UNKNOWN_COMMAND\r\n"
@@ -238,6 +257,37 @@ def parse_command(line: bytes) -> Command:
 
     Raises :class:`CommandError` with the reply for a line the server refuses.
     """
+    # The busiest commands written the usual way (one space between words,
+    # plain digits, numbers in range) are taken here at once; every other
+    # line, odd or wrong, goes through beanstalkd's own rules below.
+    space = line.find(b" ")
+    if space < 0:
+        bare = _PLAIN_BARE.get(line)
+        if bare is not None:
+            return bare
+    else:
+        plain = _PLAIN_WORDS.get(line[:space])
+        if plain is not None:
+            op, maxima = plain
+            rest = line[space + 1 :]
+            if len(maxima) == 1:
+                if rest.isdigit():
+                    number = int(rest)
+                    if number <= maxima[0]:
+                        return _new_command(Command, (op, (number,)))
+            else:
+                words = rest.split(b" ")
+                if len(words) == len(maxima) and all(word.isdigit() for word in words):
+                    numbers = tuple(map(int, words))
+                    if all(map(int.__le__, numbers, maxima)):
+                        if op is Op.PUT:
+                            return _new_command(Command, (op, (*numbers, True)))
+                        return _new_command(Command, (op, numbers))
+    return _parse_by_beanstalkd_rules(line)
+
+
+def _parse_by_beanstalkd_rules(line: bytes) -> Command:
+    """:func:`parse_command` for any line, by beanstalkd's scanning rules."""
     if 0 in line:
         raise _bad(None)
     space = line.find(b" ")
@@ -253,21 +303,6 @@ def parse_command(line: bytes) -> Command:
         if rest:
             raise _bad(op)
         return bare
-    # Fast paths for the busiest commands written the usual way (one space,
-    # plain digits); anything else goes through beanstalkd's scanner below.
-    if op in _ID_ONLY:
-        if rest.isdigit():
-            job_id = int(rest)
-            if job_id <= U64_MAX:
-                return Command(op, (job_id,))
-    elif op is Op.PUT:
-        words = rest.split(b" ")
-        if len(words) == 4:
-            a, b, c, d = words
-            if a.isdigit() and b.isdigit() and c.isdigit() and d.isdigit():
-                numbers = (int(a), int(b), int(c), int(d))
-                if max(numbers) <= U32_MAX:
-                    return Command(op, (*numbers, True))
     maxima = _NUMBER_ARGUMENTS.get(op)
     if op is Op.PUT:
         priority, pos = _read_uint(line, start, U32_MAX, False, op)
@@ -309,10 +344,19 @@ def parse_command(line: bytes) -> Command:
 MAX_LINE = 224
 """beanstalkd's command buffer: the longest command line, CRLF included."""
 
-OVERLONG = object()
+
+
+class Malformed(enum.Enum):
+    """What :class:`CommandReader` returns for input that is neither a line nor a body."""
+
+    OVERLONG = "a line too long"
+    NO_CRLF = "a body not followed by CRLF"
+
+
+OVERLONG: Final = Malformed.OVERLONG
 """What :meth:`CommandReader.next_line` returns for a line that was too long."""
 
-NO_CRLF = object()
+NO_CRLF: Final = Malformed.NO_CRLF
 """What :meth:`CommandReader.take_body` returns for a body not followed by CRLF."""
 
 
@@ -350,12 +394,16 @@ class CommandReader:
         """How many received bytes are not consumed yet."""
         return len(self._buffer) - self._position
 
-    def next_line(self) -> bytes | object | None:
+    def next_line(self) -> bytes | Literal[Malformed.OVERLONG] | None:
         """The next command line without its CRLF, :data:`OVERLONG`, or None for "need more"."""
         buffer = self._buffer
         while True:
             position = self._position
-            window = min(len(buffer) - position, MAX_LINE)
+            window = len(buffer) - position
+            if window < 2:
+                return None  # not even a CRLF: the usual answer once a batch is read
+            if window > MAX_LINE:
+                window = MAX_LINE
             carriage_return = buffer.find(b"\r", position, position + window - 1)
             if carriage_return >= 0 and buffer[carriage_return + 1] == 0x0A:
                 self._position = carriage_return + 2
@@ -368,7 +416,7 @@ class CommandReader:
             self._position = position + MAX_LINE
             self._skipping = True
 
-    def take_body(self, size: int) -> bytes | object | None:
+    def take_body(self, size: int) -> bytes | Literal[Malformed.NO_CRLF] | None:
         """A job body of ``size`` bytes and the CRLF after it, as beanstalkd reads one.
 
         Returns the body without its CRLF, :data:`NO_CRLF` when the two bytes

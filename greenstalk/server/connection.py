@@ -94,8 +94,8 @@ class Connection:
     commands are left buffered that can run now: after a waiting reserve
     has ended, or after a batch of large replies, so that other connections
     get their turn. The transport should call :meth:`process` soon, outside
-    the current call stack. ``before_reply`` runs before each batch of
-    replies is sent (the binlog is flushed there).
+    the current call stack. ``before_reply``, if given, runs before each
+    batch of replies is sent (the binlog is flushed there).
     """
 
     def __init__(
@@ -104,13 +104,14 @@ class Connection:
         info: ServerInfo,
         send: Send,
         resume_soon: Callable[[], None],
-        before_reply: Callable[[], None],
+        before_reply: Callable[[], None] | None = None,
     ) -> None:
         self.state = state
         self.info = info
         self._send = send
         self._resume_soon = resume_soon
         self._before_reply = before_reply
+        self._counts = info.command_counts
         self._reader = CommandReader()
         self._replies: list[bytes] = []
         # Bytes of the gathered replies that carry a job body or a list, the
@@ -151,49 +152,47 @@ class Connection:
         It stops early while :attr:`blocked`, and after handing over more than
         :data:`OUTPUT_BUDGET` bytes of replies, calling ``resume_soon`` then.
         """
-        reader = self._reader
         session = self.session
         replies = self._replies
-        budget = OUTPUT_BUDGET
-        while not self.closed and not session.waiting and not self.blocked:
-            if len(replies) >= _REPLIES_PER_SEND or self._gathered > budget:
+        next_line = self._reader.next_line
+        run = self._run
+        while not (self.closed or session.waiting or self.blocked):
+            if self._body is not None:
+                reply = self._finish_put(self._body)
+                if reply is None:
+                    break
+            elif self._discarding:
+                reply = self._discard()
+                if reply is None:
+                    break
+            else:
+                line = next_line()
+                if line is None:
+                    break
+                reply = BAD_FORMAT if line is OVERLONG else run(line)
+                if reply is None:
+                    continue
+            replies.append(reply)
+            if len(replies) >= _REPLIES_PER_SEND or self._gathered > OUTPUT_BUDGET:
                 # Hand the replies over, so that a peer not reading them can
                 # block us (see ``blocked``) before more pile up.
-                large = self._gathered > budget
+                large = self._gathered > OUTPUT_BUDGET
                 self.flush()
                 if large and not self.blocked:
                     # Large replies cost time too: let other connections run.
                     self._resume_soon()
                     return
-                continue
-            if self._discarding:
-                self._discarding -= reader.skip(self._discarding)
-                if self._discarding:
-                    break
-                replies.append(outgoing.JOB_TOO_BIG)
-                continue
-            if self._body is not None:
-                if not self._finish_put(self._body):
-                    break
-                continue
-            line = reader.next_line()
-            if line is None:
-                break
-            if line is OVERLONG:
-                replies.append(BAD_FORMAT)
-                continue
-            assert isinstance(line, bytes)
-            reply = self._run(line)
-            if reply is not None:
-                replies.append(reply)
         self.flush()
 
     def flush(self) -> None:
         """Send the replies gathered so far, after the binlog has them."""
-        if self._replies:
-            self._before_reply()
-            data = b"".join(self._replies) if len(self._replies) > 1 else self._replies[0]
-            self._replies.clear()
+        replies = self._replies
+        if replies:
+            before_reply = self._before_reply
+            if before_reply is not None:
+                before_reply()
+            data = b"".join(replies) if len(replies) > 1 else replies[0]
+            replies.clear()
             self._gathered = 0
             self._send(data)
 
@@ -238,7 +237,7 @@ class Connection:
             if error.counted and error.op is not None:
                 self.info.command_counts[error.op] += 1
             return error.reply
-        self.info.command_counts[op] += 1
+        self._counts[op] += 1
         try:
             return _HANDLERS[op](self, *args)
         except LogFullError:
@@ -248,33 +247,34 @@ class Connection:
     def _put(self, priority: int, delay: int, ttr: int, size: int, clean: bool) -> bytes | None:
         if size > self.state.max_job_size:
             self._discarding = size + 2
-            return None
+            return self._discard()
         if not clean:
             return BAD_FORMAT
         self.state.set_producer(self.session)
-        job_id = self.state.take_id()
-        self._body = (job_id, size, priority, delay, ttr)
-        return None
+        pending = self._body = (self.state.take_id(), size, priority, delay, ttr)
+        return self._finish_put(pending)
 
-    def _finish_put(self, pending: PendingPut) -> bool:
+    def _finish_put(self, pending: PendingPut) -> bytes | None:
+        """Store the awaited put's job once its body is in: the reply, or None until then."""
         job_id, size, priority, delay, ttr = pending
         body = self._reader.take_body(size)
         if body is None:
-            return False
+            return None
         self._body = None
         if body is NO_CRLF:
-            self._replies.append(outgoing.EXPECTED_CRLF)
-        elif self.state.draining:
-            self._replies.append(outgoing.DRAINING)
-        else:
-            assert isinstance(body, bytes)
-            try:
-                self.state.put(self.session, job_id, priority, delay, ttr, body)
-            except LogFullError:
-                self._replies.append(outgoing.OUT_OF_MEMORY)
-            else:
-                self._replies.append(outgoing.inserted(job_id))
-        return True
+            return outgoing.EXPECTED_CRLF
+        if self.state.draining:
+            return outgoing.DRAINING
+        try:
+            self.state.put(self.session, job_id, priority, delay, ttr, body)
+        except LogFullError:
+            return outgoing.OUT_OF_MEMORY
+        return outgoing.inserted(job_id)
+
+    def _discard(self) -> bytes | None:
+        """Drop what is in of an oversized body: JOB_TOO_BIG once all of it is, else None."""
+        self._discarding -= self._reader.skip(self._discarding)
+        return None if self._discarding else outgoing.JOB_TOO_BIG
 
     def _reserve(self) -> bytes | None:
         return self._reserve_with_timeout(None)

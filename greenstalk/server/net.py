@@ -366,7 +366,7 @@ class Server:
         self._wake_writer.setblocking(False)
         self.poller.register(self._wake_reader.fileno(), _READ)
         # Replies wait for records to be written (and with -f 0 synced).
-        self._before_reply: Callable[[], None] = _nothing
+        self._before_reply: Callable[[], None] | None = None
         if binlog is not None:
             self._before_reply = (
                 self._sync_alone if binlog.sync_every_reply else self._flush_log
@@ -434,19 +434,23 @@ class Server:
         """Get held replies out: write what is buffered, fsync as ``-f 0`` needs, release.
 
         One fsync covers every connection held so far. When the last fsync
-        released several connections, the next waits (at most
-        :data:`_GATHER`) until as many are held again: they are about to
-        write, and one fsync can answer them all.
+        released several connections, the next write and fsync wait (at
+        most :data:`_GATHER`) until as many are held again: they are about
+        to write, and one write and one fsync can answer them all.
         """
         log = self.binlog
         assert log is not None
+        if (
+            log.sync_every_reply
+            and len(self.held) < self._last_group
+            and time.monotonic() < self._gather_until
+        ):
+            return  # the rest of the last group is on its way: one write and fsync for all
         if log.position > log.written:
             self._flush_log()
             if log.position > log.written:
                 return
         if log.sync_every_reply and log.written > log.synced:
-            if len(self.held) < self._last_group and time.monotonic() < self._gather_until:
-                return  # the rest of the last group is on its way: one fsync for all
             try:
                 log.sync()
             except BinlogError as error:
@@ -694,10 +698,6 @@ class Server:
         self._wake_reader.close()
         self._wake_writer.close()
         self.poller.close()
-
-
-def _nothing() -> None:
-    pass
 
 
 def describe_socket(sock: socket.socket) -> str:
