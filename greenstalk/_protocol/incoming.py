@@ -277,7 +277,7 @@ def parse_command(line: bytes) -> Command:
                         return _new_command(Command, (op, (number,)))
             else:
                 words = rest.split(b" ")
-                if len(words) == len(maxima) and all(word.isdigit() for word in words):
+                if len(words) == len(maxima) and b"" not in words and b"".join(words).isdigit():
                     numbers = tuple(map(int, words))
                     if all(map(int.__le__, numbers, maxima)):
                         if op is Op.PUT:

@@ -596,7 +596,10 @@ class Server:
             for fd, mask in events:
                 client = clients.get(fd)
                 if client is not None:
-                    if not mask & _GONE:
+                    if mask == _READ:  # the usual event: commands to run
+                        if not client._queued:
+                            client._read(1)
+                    elif not mask & _GONE:
                         client.on_event(mask)
                 elif fd in listeners:
                     self._accept(listeners[fd])
