@@ -329,7 +329,7 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
             except (ClientConnectionError, *REFUSED_HERE) as error:
                 return await self._put_elsewhere(body, priority, delay, ttr, key, server, error)
             server.puts += 1
-            return cast(Job[TBody], Job(job_id, body, server.where))
+            return cast("Job[TBody]", Job(job_id, body, server.where))
         return await self._put_elsewhere(body, priority, delay, ttr, key, None, None)
 
     async def _put_elsewhere(
@@ -355,7 +355,7 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
                 reasons.append(self._failed_put(server, error))
                 continue
             server.puts += 1
-            return cast(Job[TBody], Job(job_id, body, server.where))
+            return cast("Job[TBody]", Job(job_id, body, server.where))
         raise NoServerError("no server of the pool took the put: " + "; ".join(reasons))
 
     async def put_many(
@@ -410,11 +410,11 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
                     ids = list(outcome)
                 for index, job_id in zip(indexes, ids):
                     if job_id is not None:
-                        jobs[index] = cast(Job[TBody], Job(job_id, items[index], server.where))
+                        jobs[index] = cast("Job[TBody]", Job(job_id, items[index], server.where))
                         server.puts += 1
         if refused:
             raise PutManyError(cast(Any, jobs), refused)
-        return cast(list[Job[TBody]], jobs)
+        return cast("list[Job[TBody]]", jobs)
 
     async def _put_share(
         self, server: _Server, bodies: list[Any], priority: int, delay: int, ttr: int
@@ -485,7 +485,7 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
                     raise ClientConnectionError("the pool is closed")
                 if not self._ready:
                     raise TimedOutError(f"reserve-with-timeout {timeout}: TIMED_OUT")
-                return cast(Job[TBody], self._next_ready().job)
+                return cast("Job[TBody]", self._next_ready().job)
             finally:
                 self._waiting -= 1
 
@@ -655,7 +655,7 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
             raise
         held = Held(server, client, Job(found.id, found.body, server.where))
         self._handed[(server.where, found.id)] = held
-        return cast(Job[TBody], held.job)
+        return cast("Job[TBody]", held.job)
 
     # -- inspection ----------------------------------------------------------
 

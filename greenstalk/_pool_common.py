@@ -283,7 +283,7 @@ class PoolBase(Generic[TBody, C]):
 
     def held_jobs(self) -> list[Job[TBody]]:
         """The jobs this pool has handed out and not yet deleted, released or buried."""
-        return [cast(Job[TBody], held.job) for held in self._handed.values()]
+        return [cast("Job[TBody]", held.job) for held in self._handed.values()]
 
     def unknown_puts_by_server(self) -> dict[Where, int]:
         """Puts sent to each server without an answer (each may also exist elsewhere)."""
@@ -312,7 +312,7 @@ class PoolBase(Generic[TBody, C]):
         return [s for s in order if s.health.up] + [s for s in order if not s.health.up]
 
     def _located(self, server: PoolServer[C], job: Job[Any]) -> Job[TBody]:
-        return cast(Job[TBody], Job(job.id, job.body, server.where))
+        return cast("Job[TBody]", Job(job.id, job.body, server.where))
 
     def _failed_put(self, server: PoolServer[C], error: BaseException) -> str:
         """Take ``server`` out after a failed put; the reason, for NoServerError's message."""

@@ -340,7 +340,7 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
             except (ClientConnectionError, *REFUSED_HERE) as error:
                 return self._put_elsewhere(body, priority, delay, ttr, key, server, error)
             server.puts += 1
-            return cast(Job[TBody], Job(job_id, body, server.where))
+            return cast("Job[TBody]", Job(job_id, body, server.where))
         return self._put_elsewhere(body, priority, delay, ttr, key, None, None)
 
     def _put_elsewhere(
@@ -369,7 +369,7 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
                 reasons.append(self._failed_put(server, error))
                 continue
             server.puts += 1
-            return cast(Job[TBody], Job(job_id, body, server.where))
+            return cast("Job[TBody]", Job(job_id, body, server.where))
         raise NoServerError("no server of the pool took the put: " + "; ".join(reasons))
 
     def put_many(
@@ -423,11 +423,11 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
                     ids = list(outcome)
                 for index, job_id in zip(indexes, ids):
                     if job_id is not None:
-                        jobs[index] = cast(Job[TBody], Job(job_id, items[index], server.where))
+                        jobs[index] = cast("Job[TBody]", Job(job_id, items[index], server.where))
                         server.puts += 1
         if refused:
             raise PutManyError(cast(Any, jobs), refused)
-        return cast(list[Job[TBody]], jobs)
+        return cast("list[Job[TBody]]", jobs)
 
     def _put_shares(
         self,
@@ -534,7 +534,7 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
                     if left is not None and left <= 0:
                         raise TimedOutError(f"reserve-with-timeout {timeout}: TIMED_OUT")
                     self._lock.wait(left)
-                return cast(Job[TBody], self._next_ready().job)
+                return cast("Job[TBody]", self._next_ready().job)
             finally:
                 self._waiting -= 1
 
@@ -730,7 +730,7 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
             raise
         held = Held(server, client, Job(found.id, found.body, server.where))
         self._handed[(server.where, found.id)] = held
-        return cast(Job[TBody], held.job)
+        return cast("Job[TBody]", held.job)
 
     # -- inspection ----------------------------------------------------------
 
