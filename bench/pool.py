@@ -19,6 +19,15 @@ process (pinned to the first CPU), interleaved round by round:
 It prints the median ops/s of each and the pool's ratio to the client: the
 targets are >= 0.95x for single puts (no pool overhead worth naming) and
 >= 2x for put_many. The servers are emptied (restarted) between rounds.
+
+Last, it measures what one pipelined put costs in CPU time, the server's
+and the client's (from ``/proc``), during a client's ``put_many`` into one
+server, and prints the most any client could reach on this machine: three
+servers sharing one CPU cannot take puts faster than one server's CPU
+allows, and a client with every CPU cannot go past the number of CPUs over
+the CPU time a put costs the server and the client together. When the
+single client already keeps its server's CPU busy, no pool can double it
+on two CPUs.
 """
 
 from __future__ import annotations
@@ -102,6 +111,28 @@ def pool_put_many(addresses: list[Any], count: int) -> float:
         return timed(lambda: pool.put_many([BODY] * count), count)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def put_many_costs(kind: str, cpu: int, count: int) -> tuple[float, float, float]:
+    """A client's ``put_many``: puts/s, then CPU seconds a put costs the server and the client."""
+    with servers(kind, 1, cpu) as (server,), greenstalk.Client(server.address) as client:
+        assert server.process is not None
+        pid = server.process.pid
+        bodies = [BODY] * count
+        server_before, client_before = cpu_seconds(pid), cpu_seconds(os.getpid())
+        started = time.perf_counter()
+        client.put_many(bodies)
+        elapsed = time.perf_counter() - started
+        server_cost = (cpu_seconds(pid) - server_before) / count
+        client_cost = (cpu_seconds(os.getpid()) - client_before) / count
+    return count / elapsed, server_cost, client_cost
+
+
 def aio_pool_put_many(addresses: list[Any], count: int) -> float:
     async def run() -> float:
         async with greenstalk.aio.Pool(addresses) as pool:
@@ -151,6 +182,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"  Pool put / 3 clients in turn:     {in_turn:.2f}x (the pool's own cost)")
     print(f"  Pool put_many / client put_many:  {many:.2f}x (target >= 2x)")
     print(f"  aio.Pool put_many / client:       {aio_many:.2f}x")
+    rate, server_cost, client_cost = put_many_costs(args.server, server_cpu, counts["put_many"] * 2)
+    shared_cpu = min(1 / server_cost, 1 / client_cost) / rate
+    any_cpus = len(cpus) / (server_cost + client_cost) / rate
+    print(f"  a put in put_many costs {server_cost * 1e6:.1f} µs of server CPU and "
+          f"{client_cost * 1e6:.1f} µs of client CPU ({rate:,.0f} puts/s)")
+    print(f"  so put_many over 3 servers can reach at most {shared_cpu:.2f}x here with the "
+          f"servers on one CPU, {any_cpus:.2f}x with all {len(cpus)} CPUs shared")
 
 
 if __name__ == "__main__":
