@@ -27,7 +27,6 @@ from ._base import (
     JobOrID,
     TBody,
     Where,
-    setup_requests,
 )
 from ._placement import Key
 from ._pool_common import (
@@ -44,6 +43,7 @@ from ._pool_common import (
     sum_stats,
     sum_tube_stats,
 )
+from ._protocol.commands import check_tube
 from ._protocol.errors import (
     BeanstalkdError,
     ClientConnectionError,
@@ -424,7 +424,7 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
 
     async def use(self, tube: str) -> None:
         """Make ``put`` insert into ``tube`` on every server."""
-        setup_requests(tube, [DEFAULT_TUBE])
+        check_tube(tube)
         self._use = tube
         for server in self._servers:
             if server.producer is not None:
@@ -439,7 +439,7 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
 
     async def watch(self, tube: str) -> int:
         """Add ``tube`` to the watch list on every server; return how many are watched."""
-        setup_requests(DEFAULT_TUBE, [tube])
+        check_tube(tube)
         if tube not in self._watch:
             await self._change_watch([*self._watch, tube])
         return len(self._watch)

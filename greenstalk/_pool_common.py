@@ -9,8 +9,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, Union, cast
 
 from ._address import ADDRESS_VARIABLE, DEFAULT_ADDRESS, describe_address, parse_address
-from ._base import Job, JobOrID, TBody, Where, setup_requests
+from ._base import Job, JobOrID, TBody, Where
 from ._placement import Health, Key, Placement
+from ._protocol.commands import check_tube
 from ._protocol.errors import (
     ClientConnectionError,
     CommandNotSentError,
@@ -240,7 +241,9 @@ class PoolBase(Generic[TBody, C]):
         watch_list = [watch] if isinstance(watch, str) else list(watch)
         if not watch_list:
             raise ValueError("watch must name at least one tube")
-        setup_requests(use, watch_list)  # checks the tube names
+        check_tube(use)
+        for tube in watch_list:
+            check_tube(tube)
         self.encoding = encoding
         self._use = use
         self._watch = list(dict.fromkeys(watch_list))

@@ -62,6 +62,8 @@ _SLACK = 0.001
 # on a full buffer while the other waits), enough to keep the server busy.
 _BATCH_COMMANDS = 512
 _BATCH_BYTES = 1 << 20
+# Why the connection closed, after Client.interrupt().
+_INTERRUPTED = "interrupted by Client.interrupt()"
 
 
 class Client(ClientBase[TBody]):
@@ -139,6 +141,8 @@ class Client(ClientBase[TBody]):
         self._ssl: _ssl.SSLContext | None = ssl
         sock = _connect(address, self._where, socket_timeout, socket_connect_timeout, ssl)
         self._socket: socket.socket | None = None
+        #: The connection :meth:`interrupt` shut down, until the next one is installed.
+        self._interrupted: socket.socket | None = None
         #: The socket a command may be sent on without a look first: the
         #: connection's, except with reconnect on, when it is always None so
         #: that every command goes through _live_socket's check.
@@ -187,12 +191,13 @@ class Client(ClientBase[TBody]):
 
     @property
     def closed(self) -> bool:
-        """True while there is no connection: after :meth:`close` or a failure.
+        """True while there is no connection: after :meth:`close`, :meth:`interrupt` or a failure.
 
         With ``reconnect=True`` the next command connects again, unless the
         client was closed by :meth:`close`.
         """
-        return self._socket is None
+        sock = self._socket
+        return sock is None or sock is self._interrupted
 
     def close(self) -> None:
         """Close the connection. Jobs it had reserved go back to the ready queue.
@@ -202,6 +207,52 @@ class Client(ClientBase[TBody]):
         """
         self._reconnect = False
         self._abort("closed by the client")
+
+    def interrupt(self) -> None:
+        """Break off the command another thread is waiting on, and close the connection.
+
+        This is the one method that may be called while another thread is
+        in a command on this client, typically blocked in a ``reserve()``
+        without a timeout. It may be called from any thread, and returns at
+        once without waiting for the other thread. It shuts the connection
+        down, and the command waiting on it fails promptly:
+
+        * a command already sent (the ``reserve`` waiting for a job) raises
+          :class:`~greenstalk.ClientConnectionError` itself, not a subclass:
+          as after any lost connection, its effect is unknown; a job the
+          ``reserve`` had just reserved goes back to the ready queue with
+          the connection, as does every job this connection held;
+        * a command not sent yet raises :class:`~greenstalk.CommandNotSentError`,
+          and is not sent again, even with ``reconnect=True``;
+        * a command whose whole reply had come in returns it, but a job it
+          reserved is released with the connection all the same.
+
+        Afterwards the connection is closed (:attr:`closed` is true).
+        Without ``reconnect`` every later command raises
+        :class:`~greenstalk.CommandNotSentError`, as after a failure. With
+        ``reconnect=True`` the next command connects again, with the used
+        tube and the watch list, as after a lost connection, and
+        :attr:`reconnects` counts it.
+
+        With no command waiting, this only closes the connection, with the
+        same effect on the next command; on a closed client it does nothing.
+        It never raises. With ``reconnect=True`` a command begun after it
+        returns runs as usual, on a new connection: to stop a thread for
+        good, first tell it to stop (a flag it checks before each command),
+        then interrupt it.
+        """
+        # Read once: close() may be clearing it in another thread.
+        sock: socket.socket | None = getattr(self, "_socket", None)
+        if sock is None:
+            return
+        self._interrupted = sock
+        self._unchecked = None  # the next command looks first, in _live_socket
+        # Shut down, not closed: closing would leave a thread blocked in a
+        # read asleep, and could free its descriptor for reuse under it. The
+        # plain socket's method: SSLSocket.shutdown also drops its TLS state,
+        # which a thread in a read may still be using.
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     # -- transport ---------------------------------------------------------
     #
@@ -216,6 +267,7 @@ class Client(ClientBase[TBody]):
 
         Raises ClientConnectionError (and closes ``sock``) when the socket refuses.
         """
+        self._interrupted = None
         self._socket = sock
         self._unchecked = None if self._reconnect else sock
         self._bound = self._timeout
@@ -239,13 +291,21 @@ class Client(ClientBase[TBody]):
             sock.close()
 
     def _fail(self, error: BaseException) -> NoReturn:
-        """Close the connection after ``error`` and raise the matching ClientConnectionError."""
-        if isinstance(error, ClientConnectionError):
+        """Close the connection after ``error`` and raise the matching ClientConnectionError.
+
+        After :meth:`interrupt` that is a plain ClientConnectionError saying so.
+        """
+        sock = self._socket
+        if sock is not None and sock is self._interrupted:
+            failure: ClientConnectionError = ClientConnectionError(
+                f"{_INTERRUPTED} while the command was under way; connection closed"
+            )
+        elif isinstance(error, ClientConnectionError):
             self._abort(str(error))
             raise error
-        if isinstance(error, (socket.timeout, BlockingIOError)):
+        elif isinstance(error, (socket.timeout, BlockingIOError)):
             # BlockingIOError: a kernel-kept bound (SO_RCVTIMEO) ran out.
-            failure: ClientConnectionError = ClientTimeoutError(
+            failure = ClientTimeoutError(
                 "the server did not answer in time (timed out); connection closed"
             )
         else:
@@ -261,6 +321,9 @@ class Client(ClientBase[TBody]):
         connection and none may or can be made.
         """
         sock = self._socket
+        if sock is not None and sock is self._interrupted:
+            self._abort(_INTERRUPTED)
+            sock = None
         if not self._reconnect:
             if sock is None:
                 raise CommandNotSentError(f"the connection is closed: {self._closed_reason}")
@@ -329,18 +392,22 @@ class Client(ClientBase[TBody]):
         """
         if isinstance(error, socket.timeout) or isinstance(sock, _ssl.SSLSocket):
             raise error
-        failure = CommandNotSentError(
-            f"connection to the server failed before the command was sent: {error}"
-        )
+        if sock is self._interrupted:
+            failure = CommandNotSentError(f"{_INTERRUPTED} before the command was sent")
+        else:
+            failure = CommandNotSentError(
+                f"connection to the server failed before the command was sent: {error}"
+            )
         self._abort(str(failure))
         raise failure from error
 
     def _resend(self, error: CommandNotSentError, again: Callable[[], T]) -> T:
         """Call ``again`` once, to send on a new connection what never went out (``error``).
 
-        Without reconnect, or when this already is the second try, raises ``error``.
+        Without reconnect, when this already is the second try, or after
+        :meth:`interrupt`, raises ``error``.
         """
-        if not self._reconnect or self._resending:
+        if not self._reconnect or self._resending or self._interrupted is not None:
             raise error
         self._resending = True
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
-import socket
 import ssl as _ssl
 import threading
 from collections.abc import Iterable
@@ -29,7 +28,6 @@ from ._base import (
     JobOrID,
     TBody,
     Where,
-    setup_requests,
 )
 from ._placement import Key
 from ._pool_common import (
@@ -46,6 +44,7 @@ from ._pool_common import (
     sum_stats,
     sum_tube_stats,
 )
+from ._protocol.commands import check_tube
 from ._protocol.errors import (
     BeanstalkdError,
     ClientConnectionError,
@@ -193,7 +192,7 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
             threads = [s.consumer for s in self._servers if s.consumer is not None]
             for server in self._servers:
                 if server.reserving is not None:
-                    _interrupt(server.reserving)
+                    server.reserving.interrupt()
         for thread in threads:
             thread.join()
         if self._prober is not None:
@@ -462,7 +461,7 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
 
     def use(self, tube: str) -> None:
         """Make ``put`` insert into ``tube`` on every server."""
-        setup_requests(tube, [DEFAULT_TUBE])  # checks the name
+        check_tube(tube)
         self._use = tube
         for server in self._servers:
             if server.producer is not None:
@@ -477,7 +476,7 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
 
     def watch(self, tube: str) -> int:
         """Add ``tube`` to the watch list on every server; return how many are watched."""
-        setup_requests(DEFAULT_TUBE, [tube])  # checks the name
+        check_tube(tube)
         if tube not in self._watch:
             self._change_watch([*self._watch, tube])
         return len(self._watch)
@@ -504,7 +503,7 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
             # Reserves under way may hand out jobs of the old list: stop them.
             for server in self._servers:
                 if server.reserving is not None:
-                    _interrupt(server.reserving)
+                    server.reserving.interrupt()
             stale = list(self._ready)
             self._ready.clear()
         for held in stale:
@@ -593,7 +592,7 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
                     server.watch_generation[client] = generation
                     server.reserving = client
                     if self._closed or generation != self._watch_generation:
-                        _interrupt(client)
+                        client.interrupt()
             job = client.reserve(RESERVE_ROUND)
         except (TimedOutError, DeadlineSoonError):
             with self._lock:
@@ -827,13 +826,6 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
         results = self._on_each(lambda c: c.pause_tube(tube, delay))
         if all(isinstance(r, NotFoundError) for r in results.values()):
             raise NotFoundError(f"pause-tube {tube}: NOT_FOUND (no server has this tube)")
-
-def _interrupt(client: Client[Any]) -> None:
-    """Wake a thread waiting on ``client``'s reserve: it fails and drops the connection."""
-    sock = getattr(client, "_socket", None)
-    if isinstance(sock, socket.socket):
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
 
 
 __all__ = ["Pool"]
