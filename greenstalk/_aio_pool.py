@@ -373,6 +373,7 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
         """
         self._condition()
         items = list(bodies)
+        self._check_bodies(items)
         jobs: list[Job[TBody] | None] = [None] * len(items)
         refused: dict[int, BeanstalkdError] = {}
         pending = list(range(len(items)))
@@ -427,9 +428,16 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
         check_tube(tube)
         self._use = tube
         for server in self._servers:
-            if server.producer is not None:
-                with contextlib.suppress(ClientConnectionError):
+            producer = server.producer
+            if producer is not None:
+                try:
                     await self._on(server, lambda client: client.use(tube))
+                except ClientConnectionError:
+                    # It would reconnect with the tube it used before: the
+                    # next command opens a new connection, which uses ``tube``.
+                    if server.producer is producer:
+                        server.producer = None
+                    await producer.close()
 
     async def using(self) -> str:
         """The tube ``put`` inserts into."""

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, Union, cast
 from ._address import ADDRESS_VARIABLE, DEFAULT_ADDRESS, describe_address, parse_address
 from ._base import Job, JobOrID, TBody, Where
 from ._placement import Health, Key, Placement
-from ._protocol.commands import check_tube
+from ._protocol.commands import check_body, check_tube
 from ._protocol.errors import (
     ClientConnectionError,
     CommandNotSentError,
@@ -295,6 +295,16 @@ class PoolBase(Generic[TBody, C]):
     def _mark_down(self, server: PoolServer[C], error: BaseException) -> None:
         """Take ``server`` out of rotation after ``error``; a probe brings it back."""
         raise NotImplementedError
+
+    def _check_bodies(self, bodies: list[Any]) -> None:
+        """Raise TypeError for a body a put cannot take, before any share of a put_many is sent.
+
+        A bad body must not leave the other servers' shares stored, as
+        Client.put_many stores nothing then.
+        """
+        for body in bodies:
+            if type(body) is not bytes and not (self.encoding is not None and type(body) is str):
+                check_body(body)
 
     def _server_of(self, job: JobOrID) -> PoolServer[C]:
         """The server ``job`` lives on. Raises TypeError or ValueError when that is unknown."""

@@ -10,7 +10,6 @@ reserving on while someone waits for a job.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import functools
 import ssl as _ssl
 import threading
@@ -240,6 +239,11 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
             server.producer = client
         return client
 
+    def _check_open(self) -> None:
+        """Raise ClientConnectionError once the pool is closed: it opens no new connection."""
+        if self._closed:
+            raise ClientConnectionError("the pool is closed")
+
     def _mark_down(self, server: _Server, error: BaseException) -> None:
         """Take ``server`` out of rotation after ``error``; the prober brings it back."""
         with self._lock:
@@ -286,6 +290,7 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
 
         A failed connection marks the server down; raises ClientConnectionError.
         """
+        self._check_open()
         try:
             return command(self._producer(server))
         except ClientConnectionError as error:
@@ -331,6 +336,7 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
         :class:`~greenstalk.UnknownPutError` (``at_most_once``), and the
         errors of ``Client.put`` for invalid arguments or a body too big.
         """
+        self._check_open()
         server = self._placement.first(key)
         if server.health.up:
             try:
@@ -388,7 +394,9 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
         when servers refused some bodies (its ``ids`` holds a Job or None per
         body), and NoServerError when no server is left.
         """
+        self._check_open()
         items = list(bodies)
+        self._check_bodies(items)
         jobs: list[Job[TBody] | None] = [None] * len(items)
         refused: dict[int, BeanstalkdError] = {}
         pending = list(range(len(items)))
@@ -464,9 +472,15 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
         check_tube(tube)
         self._use = tube
         for server in self._servers:
-            if server.producer is not None:
-                with contextlib.suppress(ClientConnectionError):
+            producer = server.producer
+            if producer is not None:
+                try:
                     self._on(server, lambda client: client.use(tube))
+                except ClientConnectionError:
+                    # It would reconnect with the tube it used before: the
+                    # next command opens a new connection, which uses ``tube``.
+                    server.producer = None
+                    producer.close()
 
     def using(self) -> str:
         """The tube ``put`` inserts into."""
@@ -711,6 +725,7 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
 
     def reserve_job(self, job: JobOrID) -> Job[TBody]:
         """Reserve a specific job on its server. Raises :class:`~greenstalk.NotFoundError`."""
+        self._check_open()
         server = self._server_of(job)
         with self._lock:
             client = self._consumer(server)
