@@ -320,7 +320,6 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
     ) -> Job[TBody]:
         """Insert a job on one server and return it; see :meth:`greenstalk.Pool.put`."""
         self._condition()
-        self._condition()
         server = self._placement.first(key)
         if server.health.up:
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import struct
@@ -269,6 +270,20 @@ def name_refusals(results: list[Any], requests: list[Request[Any]]) -> None:
     for result, (data, _) in zip(results, requests):
         if isinstance(result, BeanstalkdError):
             name_command(result, data)
+
+
+def check_timeout(name: str, value: object) -> None:
+    """Check a timeout argument: None, or a finite number of seconds above 0.
+
+    Raises TypeError for anything but None or a number (a bool included),
+    and ValueError for 0, a negative number, NaN or infinity.
+    """
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be None or a number of seconds, not {type(value).__name__}")
+    if not 0 < value < math.inf:
+        raise ValueError(f"{name} must be None or a number of seconds above 0, not {value!r}")
 
 
 def setup_requests(use: str, watch: list[str]) -> list[Request[Any]]:

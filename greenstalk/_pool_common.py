@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, Union, cast
 
 from ._address import ADDRESS_VARIABLE, DEFAULT_ADDRESS, describe_address, parse_address
-from ._base import Job, JobOrID, TBody, Where
+from ._base import Job, JobOrID, TBody, Where, check_timeout
 from ._placement import Health, Key, Placement
 from ._protocol.commands import check_body, check_tube
 from ._protocol.errors import (
@@ -244,6 +244,8 @@ class PoolBase(Generic[TBody, C]):
         check_tube(use)
         for tube in watch_list:
             check_tube(tube)
+        check_timeout("socket_timeout", socket_timeout)
+        check_timeout("socket_connect_timeout", socket_connect_timeout)
         self.encoding = encoding
         self._use = use
         self._watch = list(dict.fromkeys(watch_list))

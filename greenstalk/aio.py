@@ -52,6 +52,7 @@ from ._base import (
     JobOrID,
     T,
     TBody,
+    check_timeout,
     connect_failure,
     describe_where,
     job_id,
@@ -499,6 +500,8 @@ class Client(ClientBase[TBody]):
         ssl: _ssl.SSLContext | None = None,
         reconnect: bool = False,
     ) -> None:
+        check_timeout("socket_timeout", socket_timeout)
+        check_timeout("socket_connect_timeout", socket_connect_timeout)
         super().__init__(address, encoding, use, watch, reconnect)
         self._timeout = socket_timeout
         self._as_is = False

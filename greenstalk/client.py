@@ -29,6 +29,7 @@ from ._base import (
     T,
     TBody,
     Where,
+    check_timeout,
     connect_failure,
     describe_where,
     job_id,
@@ -82,8 +83,9 @@ class Client(ClientBase[TBody]):
     ``reserve()`` without a timeout waits as long as the server does. A
     socket handed in without ``socket_timeout`` is used as it is: its own
     timeout bounds every command, ``reserve`` included.
-    ``socket_connect_timeout`` bounds the connect. ``ssl`` wraps the
-    connection in TLS, for servers behind a TLS terminator.
+    ``socket_connect_timeout`` bounds the connect. Both are None (no bound)
+    or a number of seconds above 0. ``ssl`` wraps the connection in TLS,
+    for servers behind a TLS terminator.
 
     With ``reconnect=True`` a command after a lost connection (the server
     restarted, say) connects again first, with the same used tube and watch
@@ -134,6 +136,8 @@ class Client(ClientBase[TBody]):
         ssl: _ssl.SSLContext | None = None,
         reconnect: bool = False,
     ) -> None:
+        check_timeout("socket_timeout", socket_timeout)
+        check_timeout("socket_connect_timeout", socket_connect_timeout)
         super().__init__(address, encoding, use, watch, reconnect)
         self._reader: ReplyReader = ReplyReader()
         adopted = isinstance(address, socket.socket)
