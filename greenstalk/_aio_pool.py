@@ -488,6 +488,10 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
                 wait = None if timeout is None else max(timeout, 0.05)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(changed.wait_for(self._has_job), wait)
+                since = monotonic()
+                while not self._closed and (fair := self._fair_wait(since)) is not None:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(changed.wait(), fair)
                 if self._closed:
                     raise ClientConnectionError("the pool is closed")
                 if not self._ready:
@@ -550,10 +554,12 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
             job = await client.reserve(RESERVE_ROUND)
         except (TimedOutError, DeadlineSoonError):
             server.reserving = None
+            server.delivering = False
             await self._free_client(server, cast(Client[Any], client))
             return
         except (ClientConnectionError, BeanstalkdError) as error:
             server.reserving = None
+            server.delivering = False
             interrupted = self._closed or (
                 client is not None and server.watch_generation.get(client) != self._watch_generation
             )
@@ -564,6 +570,7 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
                 self._mark_down(server, error)
             return
         server.reserving = None
+        server.delivering = True
         held = Held(server, client, Job(job.id, job.body, server.where))
         if self._closed or server.watch_generation.get(client) != self._watch_generation:
             await self._give_back(held)

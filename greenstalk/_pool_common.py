@@ -6,6 +6,7 @@ import os
 import socket
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
+from time import monotonic
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, Union, cast
 
 from ._address import ADDRESS_VARIABLE, DEFAULT_ADDRESS, describe_address, parse_address
@@ -39,6 +40,12 @@ RESERVE_ROUND = 1
 #: TTR beanstalkd allows (1 s), so the consumer it goes to never gets a job
 #: whose TTR is half gone, and short, so other consumers are not kept waiting.
 SURPLUS_GRACE = 0.4
+
+#: How long (seconds) a reserve with a job to hand out may wait for the job
+#: of a server served less so far whose reserve is under way and whose last
+#: one found a job. The fastest server's job is otherwise the first in
+#: whenever none is waiting, and it would get more than its share.
+FAIR_WAIT = 0.002
 
 
 def parse_addresses(text: str) -> list[tuple[str, int] | str]:
@@ -191,6 +198,8 @@ class PoolServer(Generic[C]):
         self.free: list[C] = []
         #: The consumer connection reserving now, if any.
         self.reserving: C | None = None
+        #: Whether the last reserve here found a job (the server likely has more).
+        self.delivering = False
         #: The watch list each consumer connection was given (a generation number).
         self.watch_generation: dict[C, int] = {}
         #: The thread or task that reserves on this server for the pool.
@@ -355,6 +364,30 @@ class PoolBase(Generic[TBody, C]):
                 server.where,
             ) from error
 
+    def _lagging(self, server: PoolServer[C]) -> bool:
+        """Whether ``server`` was served less than every server with a job waiting, and has jobs.
+
+        "Has jobs": its last reserve found one. Its job is then the one to
+        hand out next, and worth a short wait (see :meth:`_fair_wait`).
+        """
+        return (
+            server.delivering
+            and server.health.up
+            and bool(self._ready)
+            and server.handed < min(held.server.handed for held in self._ready)
+        )
+
+    def _fair_wait(self, since: float) -> float | None:
+        """How much longer to wait, having had a job to hand out since ``since``; None: none.
+
+        Worth waiting (up to :data:`FAIR_WAIT`) while a lagging server's
+        consumer reserves: its job is about to come in.
+        """
+        left = since + FAIR_WAIT - monotonic()
+        if left <= 0:
+            return None
+        return left if any(self._lagging(server) for server in self._servers) else None
+
     def _next_ready(self) -> Held[C]:
         """Take the reserved job to hand out: from the server served least so far.
 
@@ -377,8 +410,10 @@ class PoolBase(Generic[TBody, C]):
         return expired, min(later) if later else None
 
     def _wanted(self, server: PoolServer[C]) -> bool:
-        """Whether ``server``'s consumer should reserve now."""
-        return self._waiting > len(self._ready) and server.health.up
+        """Whether ``server``'s consumer should reserve now: callers outnumber jobs, or it lags."""
+        if not server.health.up or not self._waiting:
+            return False
+        return self._waiting > len(self._ready) or self._lagging(server)
 
 
 def split_shares(

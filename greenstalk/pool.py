@@ -547,6 +547,9 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
                     if left is not None and left <= 0:
                         raise TimedOutError(f"reserve-with-timeout {timeout}: TIMED_OUT")
                     self._lock.wait(left)
+                since = monotonic()
+                while (fair := self._fair_wait(since)) is not None:
+                    self._lock.wait(fair)
                 return cast("Job[TBody]", self._next_ready().job)
             finally:
                 self._waiting -= 1
@@ -611,11 +614,13 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
         except (TimedOutError, DeadlineSoonError):
             with self._lock:
                 server.reserving = None
+                server.delivering = False
             self._free_client(server, cast(Client[Any], client))
             return
         except (ClientConnectionError, BeanstalkdError) as error:
             with self._lock:
                 server.reserving = None
+                server.delivering = False
                 interrupted = self._closed or (
                     client is not None
                     and server.watch_generation.get(client) != self._watch_generation
@@ -631,6 +636,7 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
         held.release_at = monotonic() + SURPLUS_GRACE
         with self._lock:
             server.reserving = None
+            server.delivering = True
             stale = self._closed or server.watch_generation.get(client) != (
                 self._watch_generation
             )
