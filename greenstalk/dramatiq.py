@@ -359,9 +359,9 @@ class _Producers:
 class _Holder:
     """One connection of a consumer, and the jobs it holds reserved (id -> last reserve or touch).
 
-    Its lock is held for every command on it (but the waiting reserve of a
-    connection holding no job): worker threads settling and reserving, the
-    keeper touching and the consumer thread reserving take turns.
+    Its lock is held for every command on it: worker threads settling and
+    reserving, the keeper touching and the consumer thread reserving take
+    turns.
     """
 
     __slots__ = ("client", "consumer", "held", "lock", "retiring")
@@ -561,60 +561,71 @@ class _Consumer(dramatiq.Consumer):
         for holder in self._holders:
             if holder.held and holder.lock.acquire(blocking=False):
                 try:
-                    job = self._reserve_on(holder, 0, locked=True)
+                    job = self._reserve_on(holder, 0)
                 finally:
                     holder.lock.release()
                 if job is not None:
                     return holder, job
                 break  # nothing ready now: wait for a job
         holder = self._idle_holder()
-        wait = max(0, math.ceil(deadline - time.monotonic()))
-        return holder, self._reserve_on(holder, wait)
+        try:
+            wait = max(0, math.ceil(deadline - time.monotonic()))
+            return holder, self._reserve_on(holder, wait)
+        finally:
+            holder.lock.release()
 
-    def _reserve_on(
-        self, holder: _Holder, timeout: int, *, locked: bool = False
-    ) -> Job[bytes] | None:
-        """Reserve on ``holder``; None when no job came within ``timeout`` seconds.
-
-        ``locked``: the caller holds the connection's lock. Otherwise the
-        connection holds no job, and no other thread uses it until it does:
-        the reserve waits without the lock, so that the keeper, going round
-        the connections, is never held up by it.
-        """
+    def _reserve_on(self, holder: _Holder, timeout: int) -> Job[bytes] | None:
+        """Reserve on ``holder``, whose lock the caller holds; None when no job came in time."""
         try:
             job = holder.client.reserve(timeout)
         except (TimedOutError, DeadlineSoonError):
             return None
-        if locked:
-            holder.held[job.id] = time.monotonic()
-        else:
-            with holder.lock:
-                holder.held[job.id] = time.monotonic()
+        holder.held[job.id] = time.monotonic()
         with self._slots:
             self._held += 1
         return job
 
     def _idle_holder(self) -> _Holder:
-        """A connection holding no job (made if need be); idle ones beyond two are closed.
+        """A connection holding no job, its lock taken (made if need be); extra idle ones close.
 
-        Connections that failed are dropped on the way.
+        A connection is idle only when its lock is free and it holds no job:
+        a worker thread that has just settled its last job on a connection
+        may still be reserving the next one on it. Holding the lock through
+        the waiting reserve keeps out nobody else: the keeper passes over
+        connections that hold no job. Connections that failed are dropped.
         """
         for failed in [holder for holder in self._holders if holder.client.closed]:
             self._drop(failed)
-        idle = [holder for holder in self._holders if not holder.held]
-        for extra in idle[2:]:
-            self._drop(extra)
+        idle: list[_Holder] = []
+        for holder in list(self._holders):
+            if holder.held or not holder.lock.acquire(blocking=False):
+                continue
+            if holder.held:  # a worker thread reserved on it just before the lock was taken
+                holder.lock.release()
+            elif len(idle) < 2:
+                idle.append(holder)
+            else:
+                holder.client.close()
+                self._forget(holder)
         if idle:
+            for spare in idle[1:]:
+                spare.lock.release()
             return idle[0]
         holder = _Holder(self, self.broker.connect())
         holder.client.watch(self.tube)
         holder.client.ignore("default")
+        holder.lock.acquire()  # no other thread knows of it yet
         self._holders.append(holder)
         self.broker._keeper.add(holder)
         return holder
 
     def _drop(self, holder: _Holder) -> None:
         holder.close()
+        self._holders.remove(holder)
+
+    def _forget(self, holder: _Holder) -> None:
+        """Stop tracking a connection already closed (its lock held by the caller)."""
+        self.broker._keeper.discard(holder)
         self._holders.remove(holder)
 
     def _message(self, holder: _Holder, job: Job[bytes]) -> _BeanstalkMessage | None:

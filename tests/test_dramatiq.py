@@ -605,6 +605,39 @@ def test_a_job_reserved_for_a_consumer_closed_meanwhile_goes_back(
     consumer.ack(message)
 
 
+def test_the_consumer_never_reserves_on_a_connection_a_worker_thread_is_using(
+    broker: BeanstalkBroker, client: greenstalk.Client[bytes]
+) -> None:
+    """A connection whose last job was just settled may still be refilled by that thread.
+
+    The consumer thread used to take it for its waiting reserve as soon as it
+    held no job, and two commands went out on one connection at once (seen as
+    a reply to no command, then a lost connection).
+    """
+
+    @dramatiq.actor
+    def work() -> None:
+        pass
+
+    work.send()
+    consumer = broker.consume("default", prefetch=2, timeout=100)
+    first = next(consumer)
+    assert first is not None
+    busy = first._holder
+    # What a worker thread settling the job holds, between its delete and its refill:
+    with busy.lock:
+        busy.client.delete(first._job_id)
+        del busy.held[first._job_id]
+        work.send()
+        second = next(consumer)
+        assert second is not None
+        assert second._holder is not busy
+        busy.consumer._freed()
+    consumer.ack(second)
+    consumer.close()
+    assert tube_stats(client) == {"ready": 0, "reserved": 0, "delayed": 0, "buried": 0}
+
+
 def test_a_consumer_closed_while_messages_run_keeps_their_connection(
     broker: BeanstalkBroker, client: greenstalk.Client[bytes]
 ) -> None:
