@@ -37,6 +37,8 @@ from greenstalk.testing import ServerProcess
                                                         file_size=4096)),
         (["-z", "10", "-u", "nobody"], Options(max_job_size=10, user="nobody")),
         (["-l", "unix:/run/q.sock"], Options(listen="unix:/run/q.sock")),
+        (["-w0"], Options(spin_us=0)),
+        (["-Vw", "50"], Options(verbosity=1, spin_us=50)),
     ],
 )
 def test_flags(argv: list[str], expected: Options) -> None:
@@ -78,7 +80,7 @@ def test_removed_flags_only_warn() -> None:
     "argv",
     [
         ["-q"], ["extra"], ["-"], ["-p"], ["-p", "http"], ["-p", "70000"], ["-z", "-1"],
-        ["-f", "x"], ["-s", "0"],
+        ["-f", "x"], ["-s", "0"], ["-w"], ["-w", "-5"], ["-w", "0.5"],
     ],
 )
 def test_bad_command_lines(argv: list[str]) -> None:

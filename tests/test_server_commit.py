@@ -185,7 +185,7 @@ def test_greenstalkd_manages_the_collector(monkeypatch: pytest.MonkeyPatch) -> N
 
     with bind_tcp("127.0.0.1", 0) as sock:
         cli.serve(Options(), sock)
-    assert made == [{"manage_gc": True}]
+    assert made == [{"manage_gc": True, "spin_limit": 0.0002}]
 
 
 def test_a_beanstalkd_log_directory_is_refused(tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ DEFAULT_PORT = 11300
 DEFAULT_FSYNC_MS = 50
 DEFAULT_FILE_SIZE = 10 << 20
 DEFAULT_MAX_JOB_SIZE = 65535
+DEFAULT_SPIN_US = 200
 MAX_JOB_SIZE_LIMIT = 1 << 30
 
 EXIT_USAGE = 5
@@ -57,12 +58,14 @@ Options:
  -z BYTES set the maximum job size in bytes (default is 65535);
           max allowed is 1073741824 bytes
  -s BYTES set the size of each write-ahead log file (default is 10485760)
+ -w US    poll for up to US microseconds before sleeping, adapted to how soon
+          commands come (default is 200; -w0 never polls; not in beanstalkd)
  -v, --version  show version information
  -V       increase verbosity (as beanstalkd's -V; in the greenstalk command -V is --version)
  -h, --help     show this help
 """
 
-_FLAGS_WITH_VALUE = frozenset("bflpuzs")
+_FLAGS_WITH_VALUE = frozenset("bflpuzsw")
 
 
 @dataclasses.dataclass
@@ -77,6 +80,7 @@ class Options:
     max_job_size: int = DEFAULT_MAX_JOB_SIZE
     file_size: int = DEFAULT_FILE_SIZE
     verbosity: int = 0
+    spin_us: int = DEFAULT_SPIN_US
 
 
 class UsageError(Exception):
@@ -155,6 +159,8 @@ def _apply(options: Options, flag: str, value: str, warn: TextIO) -> None:
             print(f"greenstalkd: maximum job size was set to {MAX_JOB_SIZE_LIMIT}", file=warn)
             size = MAX_JOB_SIZE_LIMIT
         options.max_job_size = size
+    elif flag == "w":
+        options.spin_us = _number(flag, value)
     else:
         options.file_size = _number(flag, value)
         if not options.file_size:
@@ -225,7 +231,7 @@ def serve(options: Options, sock: socket.socket, log: TextIO = sys.stderr) -> No
     cannot be opened, or when the server stopped because an fsync failed.
     """
     state, info, binlog = make_state(options, log)
-    server = Server(state, info, binlog, manage_gc=True)
+    server = Server(state, info, binlog, manage_gc=True, spin_limit=options.spin_us / 1_000_000)
     server.listen(sock)
     # The handlers run on this thread between two steps of the loop. A signal
     # that the kernel hands to another thread of this process must still end

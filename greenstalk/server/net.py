@@ -40,6 +40,7 @@ from typing import Callable
 from .._address import describe_address
 from .binlog import Binlog, BinlogError
 from .connection import OUTPUT_BUDGET, Connection, ServerInfo
+from .spin import SpinWindow
 from .state import SECOND, ServerState
 
 _READ = select.POLLIN
@@ -332,7 +333,10 @@ class Server:
 
     :meth:`run` serves until :meth:`stop` is called (from any thread, or a
     signal handler). :meth:`call_soon_threadsafe` runs a function on the
-    server's thread.
+    server's thread. ``spin_limit``: the longest the loop polls for events
+    before it sleeps, in seconds (see :mod:`.spin`); 0, the default, never
+    polls, as a server sharing its process with other threads should not.
+    Raises ValueError when it is negative.
     """
 
     def __init__(
@@ -341,6 +345,7 @@ class Server:
         info: ServerInfo,
         binlog: Binlog | None = None,
         manage_gc: bool = False,
+        spin_limit: float = 0.0,
     ) -> None:
         self.state = state
         self.info = info
@@ -387,6 +392,8 @@ class Server:
         # collector's own schedule (see run()).
         self._manage_gc = manage_gc
         self._collect_at = 0.0
+        #: How long the loop polls before it sleeps (see :mod:`.spin`).
+        self.spin = SpinWindow(spin_limit)
 
     def _flush_log(self) -> None:
         """Write the binlog's new records; on failure warn once and try again later.
@@ -583,7 +590,7 @@ class Server:
         wake_fd = self._wake_reader.fileno()
         pending = self.pending
         while not self._stopping:
-            events = self.poller.poll(0 if pending else self._timeout())
+            events = self.poller.poll(0) if pending else self._wait()
             self._events = len(events)
             # Hang-ups first: a peer that left (after its last commands have
             # run) is no longer counted when the other commands of this poll
@@ -626,6 +633,32 @@ class Server:
             # (letting others run first) waits for the next pass.
             for _ in range(len(pending)):
                 pending.popleft().resume()
+
+    def _wait(self) -> list[tuple[int, int]]:
+        """Wait for the next events: poll for the spin window (never past a timer), then sleep."""
+        poll = self.poller.poll
+        timeout = self._timeout()
+        window = self.spin.window
+        if not window:
+            if not self.spin.limit:
+                return poll(timeout)
+            started = time.monotonic()
+            events = poll(timeout)
+        else:
+            started = time.monotonic()
+            if timeout is not None and timeout < window:
+                window = timeout
+            until = started + window
+            events = poll(0)
+            # No sched_yield between polls: it cost a tenth of the durable
+            # put's speed, and a process woken on this CPU preempts the loop.
+            while not events and time.monotonic() < until:
+                events = poll(0)
+            if not events:
+                events = poll(self._timeout())
+        if events:
+            self.spin.waited(time.monotonic() - started)
+        return events
 
     def _run_calls(self) -> None:
         try:
