@@ -265,3 +265,42 @@ def test_quick_path_agrees_with_beanstalkds_rules(word: bytes, pieces: list[byte
     """Every line parse_command takes at once, it takes as the general scanner would."""
     line = word + b"".join(pieces)
     assert _outcome(parse_command, line) == _outcome(incoming._parse_by_beanstalkd_rules, line)
+
+
+_LINE_BYTES = st.lists(
+    st.sampled_from([b"delete 1", b"\r", b"\n", b"\r\n", b"x", b" ", b"\r\r\n"]), max_size=40
+).map(b"".join)
+
+
+@given(st.binary(max_size=4) | _LINE_BYTES, st.binary(max_size=4))
+def test_a_whole_line_is_taken_as_the_buffered_reader_would_take_it(
+    data: bytes, earlier: bytes
+) -> None:
+    """whole_line answers only for one complete line with nothing buffered, and agrees with feed."""
+    reader = CommandReader()
+    reader.feed(earlier)
+    line = reader.whole_line(data)
+    if earlier:
+        assert line is None
+        return
+    buffered = CommandReader()
+    buffered.feed(data)
+    if line is None:
+        return
+    assert buffered.next_line() == line
+    assert buffered.buffered == 0
+    assert reader.buffered == 0
+
+
+def test_whole_line_refuses_what_is_not_exactly_one_line() -> None:
+    reader = CommandReader()
+    assert reader.whole_line(b"stats\r\n") == b"stats"
+    assert reader.whole_line(b"stats\r\nstats\r\n") is None
+    assert reader.whole_line(b"stats") is None
+    assert reader.whole_line(b"st\rats\r\n") is None  # the first CR is not a line end
+    assert reader.whole_line(b"a" * 222 + b"\r\n") == b"a" * 222
+    assert reader.whole_line(b"a" * 223 + b"\r\n") is None  # past beanstalkd's 224 bytes
+    reader.feed(b"a" * 224)  # all taken, but the rest of this overlong line is to be skipped
+    assert reader.next_line() is None
+    assert reader.buffered == 0
+    assert reader.whole_line(b"stats\r\n") is None

@@ -394,6 +394,24 @@ class CommandReader:
         """How many received bytes are not consumed yet."""
         return len(self._buffer) - self._position
 
+    def whole_line(self, data: bytes) -> bytes | None:
+        """The command line that ``data`` is, when nothing is buffered and it is one whole line.
+
+        That is the usual arrival of every command but ``put``: it is then
+        taken without being buffered, and the line is returned without its
+        CRLF. Otherwise None: feed ``data`` as usual.
+        """
+        size = len(data)
+        if (
+            2 <= size <= MAX_LINE
+            and data.find(b"\r") == size - 2
+            and data[-1] == 0x0A
+            and self._position == len(self._buffer)
+            and not self._skipping
+        ):
+            return data[:-2]
+        return None
+
     def next_line(self) -> bytes | Literal[Malformed.OVERLONG] | None:
         """The next command line without its CRLF, :data:`OVERLONG`, or None for "need more"."""
         buffer = self._buffer

@@ -142,9 +142,23 @@ class Connection:
 
         ``data`` is copied: the caller may reuse its buffer afterwards.
         """
-        self._reader.feed(data)
-        if not self.session.waiting and not self.blocked:
+        if not (self.session.waiting or self.blocked or self.closed):
+            if self._body is None and not self._discarding:
+                data = bytes(data)
+                line = self._reader.whole_line(data)
+                if line is not None:
+                    # One command and nothing buffered: run it and answer at once.
+                    reply = self._run(line)
+                    if reply is not None:
+                        if self._before_reply is not None:
+                            self._before_reply()
+                        self._gathered = 0
+                        self._send(reply)
+                    return
+            self._reader.feed(data)
             self.process()
+        else:
+            self._reader.feed(data)
 
     def process(self) -> None:
         """Run the buffered commands until one waits or more bytes are needed.
