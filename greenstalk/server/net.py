@@ -637,27 +637,29 @@ class Server:
     def _wait(self) -> list[tuple[int, int]]:
         """Wait for the next events: poll for the spin window (never past a timer), then sleep."""
         poll = self.poller.poll
-        timeout = self._timeout()
-        window = self.spin.window
-        if not window:
-            if not self.spin.limit:
-                return poll(timeout)
-            started = time.monotonic()
-            events = poll(timeout)
-        else:
-            started = time.monotonic()
-            if timeout is not None and timeout < window:
-                window = timeout
-            until = started + window
+        spin = self.spin
+        window = spin.window
+        if window:
             events = poll(0)
+            if events:
+                return events  # they came while the loop was busy
+            started = time.monotonic()
+            timeout = self._timeout()
+            until = started + (window if timeout is None or timeout > window else timeout)
             # No sched_yield between polls: it cost a tenth of the durable
             # put's speed, and a process woken on this CPU preempts the loop.
-            while not events and time.monotonic() < until:
+            while time.monotonic() < until:
                 events = poll(0)
-            if not events:
-                events = poll(self._timeout())
+                if events:
+                    return events  # caught by polling: the window was right
+            events = poll(self._timeout())
+        elif spin.limit:
+            started = time.monotonic()
+            events = poll(self._timeout())
+        else:
+            return poll(self._timeout())
         if events:
-            self.spin.waited(time.monotonic() - started)
+            spin.waited(time.monotonic() - started)
         return events
 
     def _run_calls(self) -> None:
