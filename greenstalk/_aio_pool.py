@@ -614,7 +614,11 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
             raise NotFoundError(
                 f"job {job_id} on {server.name} was lost with the connection that reserved it"
             )
-        await command(held.client, job_id)
+        try:
+            await command(held.client, job_id)
+        except ClientConnectionError:
+            await self._done(job)  # the server has put the job back
+            raise
         return True
 
     async def _done(self, job: JobOrID) -> None:

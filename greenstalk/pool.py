@@ -673,7 +673,9 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
         """Run ``command`` on the connection that reserved ``job``, if the pool did.
 
         Returns False when the pool did not reserve it. Raises what the
-        command raises; NotFoundError when its connection was lost.
+        command raises; NotFoundError when its connection was lost. Once
+        the connection is lost (before or during the command), the pool no
+        longer holds the job: the server has put it back.
         """
         server = self._server_of(job)
         job_id = job.id if isinstance(job, Job) else job
@@ -685,7 +687,11 @@ class Pool(PoolBase[TBody, "Client[Any]"]):
             raise NotFoundError(
                 f"job {job_id} on {server.name} was lost with the connection that reserved it"
             )
-        command(held.client, job_id)
+        try:
+            command(held.client, job_id)
+        except ClientConnectionError:
+            self._done(job)
+            raise
         return True
 
     def delete(self, job: JobOrID) -> None:

@@ -447,6 +447,27 @@ def test_a_job_reserved_ahead_whose_server_dies_is_not_lost(
     assert cluster.ready(other) == cluster.stat(other, "current-jobs-reserved") == 0
 
 
+@pytest.mark.parametrize("command", ["delete", "touch", "release", "bury"])
+def test_a_job_whose_connection_dies_under_a_command_leaves_the_pools_hold(
+    cluster: Cluster, make_pool: MakePool, command: str
+) -> None:
+    """The server gives the job back when the connection goes: the pool no longer holds it.
+
+    The command raises ClientConnectionError when the connection dies under
+    it, NotFoundError when the pool saw it had died before sending.
+    """
+    pool = make_pool(**RETRY)
+    cluster.client(1).put(b"b")
+    job = pool.reserve(timeout=5)
+    assert job.address == cluster.addresses[1]
+    cluster.kill(1)
+    with pytest.raises((greenstalk.ClientConnectionError, greenstalk.NotFoundError)):
+        getattr(pool, command)(job)
+    assert pool.held_jobs() == []
+    with pytest.raises(greenstalk.NotFoundError, match="not reserved by this pool"):
+        pool.touch(job)
+
+
 def test_close_while_a_reserve_waits(cluster: Cluster, make_pool: MakePool) -> None:
     pool = make_pool()
     waiter = InThread(lambda: pool.reserve())
