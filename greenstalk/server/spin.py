@@ -18,8 +18,8 @@ long as that has been paying off.
 
 from __future__ import annotations
 
+# The first window opened; a window shrunk below it goes to 0 (not worth a poll).
 _START = 0.00002
-# Windows below this are not worth a poll: the window goes to 0 instead.
 
 
 class SpinWindow:
