@@ -150,10 +150,7 @@ class Connection:
                     # One command and nothing buffered: run it and answer at once.
                     reply = self._run(line)
                     if reply is not None:
-                        if self._before_reply is not None:
-                            self._before_reply()
-                        self._gathered = 0
-                        self._send(reply)
+                        self._hand_over(reply)
                     return
             self._reader.feed(data)
             self.process()
@@ -202,13 +199,16 @@ class Connection:
         """Send the replies gathered so far, after the binlog has them."""
         replies = self._replies
         if replies:
-            before_reply = self._before_reply
-            if before_reply is not None:
-                before_reply()
             data = b"".join(replies) if len(replies) > 1 else replies[0]
             replies.clear()
-            self._gathered = 0
-            self._send(data)
+            self._hand_over(data)
+
+    def _hand_over(self, data: bytes) -> None:
+        """Send replies, once the binlog has the records of the changes before them."""
+        if self._before_reply is not None:
+            self._before_reply()
+        self._gathered = 0
+        self._send(data)
 
     def _woken(self, reply: bytes) -> None:
         self._replies.append(reply)
