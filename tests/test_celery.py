@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from celery import Celery
@@ -26,6 +25,7 @@ from greenstalk.testing import ServerProcess, run_server
 
 from .celery_app.tasks import configure
 from .conftest import SERVERS_UNDER_TEST, StartServer
+from .waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = "tests.celery_app.tasks"
@@ -38,15 +38,6 @@ def url_of(address: greenstalk.Address) -> str:
     if isinstance(address, tuple):
         return f"beanstalk://{address[0]}:{address[1]}"
     return f"beanstalk+unix://{address}"
-
-
-def wait_for(condition: Callable[[], bool], what: str, seconds: float = 60) -> None:
-    """Poll ``condition`` until it holds. Raises AssertionError naming ``what`` after a while."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class Worker:
@@ -88,7 +79,7 @@ class Worker:
                 log.seek(offset)
                 return b" ready." in log.read()
 
-        wait_for(ready, "the worker to be ready")
+        wait_until(ready, "the worker to be ready")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the worker and its pool processes, and wait until it exits."""
@@ -166,13 +157,13 @@ def test_countdown_is_one_delayed_job_run_exactly_once(
     app.send_task(f"{TASKS}.long", args=("past-ttr", 5))
     app.send_task(f"{TASKS}.flaky", args=("retried", 2))
     # Far into the countdown, the message is the same job, never reserved.
-    wait_for(lambda: bool(worker.run_times("end", "past-ttr")), "the long task", seconds=30)
+    wait_until(lambda: bool(worker.run_times("end", "past-ttr")), "the long task", seconds=30)
     stats = client.stats_job(delayed)
     assert stats["state"] == "delayed"
     assert stats["reserves"] == 0
     assert stats["ttr"] == TTR
-    wait_for(lambda: bool(worker.run_times("work", "countdown")), "the countdown", seconds=40)
-    wait_for(lambda: tube_stats(client)["reserved"] == 0, "the last acknowledgement")
+    wait_until(lambda: bool(worker.run_times("work", "countdown")), "the countdown", seconds=40)
+    wait_until(lambda: tube_stats(client)["reserved"] == 0, "the last acknowledgement")
     # Run once, and its job deleted: it cannot come back.
     (ran,) = worker.run_times("work", "countdown")
     assert ran >= sent + 20
@@ -208,7 +199,7 @@ def test_a_message_the_worker_rejects_is_buried(
     _, app, client = running
     app.send_task("tests.celery_app.no_such_task", args=(1,))
     client.use("celery")
-    wait_for(lambda: tube_stats(client)["buried"] == 1, "the job to be buried")
+    wait_until(lambda: tube_stats(client)["buried"] == 1, "the job to be buried")
     job = client.peek_buried()
     assert b"no_such_task" in job.body
     client.delete(job)
@@ -255,15 +246,15 @@ def test_a_worker_killed_five_times_loses_no_task(
         for _ in range(5):
             worker.start("--without-mingle", "--without-gossip")
             before = len(done())
-            wait_for(lambda before=before: len(done()) >= before + 80,  # type: ignore[misc]
+            wait_until(lambda before=before: len(done()) >= before + 80,  # type: ignore[misc]
                      "80 more tasks")
             in_hand.append(tube_stats(client)["reserved"])
             worker.kill()
         assert len(done()) < 1000, "the kills came too late to test anything"
         assert any(in_hand), "no kill landed while the worker held jobs"
         worker.start("--without-mingle", "--without-gossip")
-        wait_for(lambda: len(done()) == 1000, "every task", seconds=120)
-        wait_for(lambda: tube_stats(client)["reserved"] == 0, "the last acknowledgement")
+        wait_until(lambda: len(done()) == 1000, "every task", seconds=120)
+        wait_until(lambda: tube_stats(client)["reserved"] == 0, "the last acknowledgement")
         assert tube_stats(client) == {"ready": 0, "reserved": 0, "delayed": 0, "buried": 0}
     assert done() == {str(key) for key in range(1000)}
 
@@ -285,7 +276,7 @@ def test_a_warm_shutdown_hands_back_what_it_holds_without_duplicates(
             return Counter(key for what, key, _ in worker.runs() if what == "work")
 
         worker.start("--without-mingle", "--without-gossip")
-        wait_for(lambda: len(runs()) >= 4, "a few tasks")
+        wait_until(lambda: len(runs()) >= 4, "a few tasks")
         assert tube_stats(client)["reserved"] > 2
         worker.kill(signal.SIGTERM)
         assert len(runs()) < 40
@@ -293,5 +284,5 @@ def test_a_warm_shutdown_hands_back_what_it_holds_without_duplicates(
         assert stats["reserved"] == 0
         assert stats["ready"] == 40 - len(runs())
         worker.start("--without-mingle", "--without-gossip")
-        wait_for(lambda: len(runs()) == 40, "every task")
+        wait_until(lambda: len(runs()) == 40, "every task")
     assert set(runs().values()) == {1}

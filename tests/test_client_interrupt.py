@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ from greenstalk.testing import BeanstalkdProcess
 
 from . import test_tls
 from .test_tls import Certificate, TLSProxy
+from .waiting import wait_until
 
 AnyClient = greenstalk.Client[Any]
 
@@ -28,13 +28,6 @@ INTERRUPTED_WAITING = (
 )
 # How long the interrupted thread may take to raise.
 PROMPTLY = 2.0
-
-
-def wait_until(condition: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.01)
 
 
 class Blocked:

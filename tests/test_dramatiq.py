@@ -35,19 +35,11 @@ from greenstalk.dramatiq import BeanstalkBroker, address_from_url
 from greenstalk.testing import ServerProcess, run_server
 
 from .conftest import StartServer
+from .waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
 Actor = Callable[..., Any]
-
-
-def wait_for(condition: Callable[[], bool], what: str, seconds: float = 30) -> None:
-    """Wait until ``condition()`` holds, checking every 20 ms. Fails after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @contextlib.contextmanager
@@ -230,7 +222,7 @@ def test_messages_can_be_dead_lettered_buried_and_kicked(
         assert client.stats_job(buried)["pri"] == 2**16
         # ... and to kick back into the queue.
         assert client.kick(10) == 1
-        wait_for(lambda: len(runs) == 2, "the kicked message to run again")
+        wait_until(lambda: len(runs) == 2, "the kicked message to run again")
         broker.join(do_work.queue_name, timeout=30000)
     assert tube_stats(client) == {"ready": 0, "reserved": 0, "delayed": 0, "buried": 0}
 
@@ -265,7 +257,7 @@ def test_unhandled_messages_are_requeued_on_shutdown(
     with running(broker, worker_threads=1):
         assert started.wait(30)
         # Both are reserved: one running, one prefetched.
-        wait_for(lambda: tube_stats(client)["reserved"] == 2, "the second to be prefetched")
+        wait_until(lambda: tube_stats(client)["reserved"] == 2, "the second to be prefetched")
     # The running one finished; the prefetched one went back, ready at once.
     assert ran == [1]
     assert tube_stats(client) == {"ready": 1, "reserved": 0, "delayed": 0, "buried": 0}
@@ -375,8 +367,8 @@ def test_acks_go_out_at_once_while_the_consumer_waits(
 
     with running(broker, worker_timeout=4000):
         quick.send()
-        wait_for(lambda: bool(finished), "the message to run")
-        wait_for(lambda: tube_stats(client)["reserved"] == 0, "the ack", seconds=10)
+        wait_until(lambda: bool(finished), "the message to run")
+        wait_until(lambda: tube_stats(client)["reserved"] == 0, "the ack", seconds=10)
         acked = time.monotonic()
         assert acked - finished[0] < 1.5
         assert client.stats()["cmd-delete"] == 1
@@ -444,7 +436,7 @@ def test_a_lost_connection_puts_the_job_back(
     assert message is not None
     assert tube_stats(client)["reserved"] == 1
     message._holder.client.close()
-    wait_for(lambda: tube_stats(client)["ready"] == 1, "the server to put the job back")
+    wait_until(lambda: tube_stats(client)["ready"] == 1, "the server to put the job back")
     with caplog.at_level(logging.WARNING, "greenstalk.dramatiq"):
         consumer.ack(message)
     assert "connection lost" in caplog.text
@@ -557,7 +549,7 @@ def test_closing_the_broker_gives_held_jobs_back(
     assert next(consumer) is not None
     assert tube_stats(client)["reserved"] == 1
     broker.close()
-    wait_for(lambda: tube_stats(client)["ready"] == 1, "the job to go back")
+    wait_until(lambda: tube_stats(client)["ready"] == 1, "the job to go back")
 
 
 def test_foreign_queue_names_and_bad_priorities_in_a_tube(
@@ -813,7 +805,7 @@ def test_a_worker_process_killed_mid_way_loses_no_message(
 
     first = dramatiq_process(url, out, log)
     try:
-        wait_for(lambda: len(done()) >= 300, "300 messages to run", seconds=60)
+        wait_until(lambda: len(done()) >= 300, "300 messages to run", seconds=60)
         in_hand = tube_stats(client)["reserved"]
     finally:
         os.killpg(first.pid, signal.SIGKILL)
@@ -823,7 +815,7 @@ def test_a_worker_process_killed_mid_way_loses_no_message(
     assert in_hand > 0, "the kill landed while the worker held jobs"
     second = dramatiq_process(url, out, log)
     try:
-        wait_for(lambda: len(set(done())) == 1000, "every message to run", seconds=120)
+        wait_until(lambda: len(set(done())) == 1000, "every message to run", seconds=120)
         broker = BeanstalkBroker(url=url)
         broker.join("default", timeout=60000)
         broker.close()

@@ -34,6 +34,7 @@ from greenstalk.kombu import _tubes as tubes
 from greenstalk.kombu._reserver import Reserved, decode, touch_interval
 
 from .conftest import StartServer
+from .waiting import wait_until
 
 
 def _kombu_common() -> ModuleType:
@@ -439,14 +440,6 @@ def publish(conn: kombu.Connection, queue: kombu.Queue | str, body: Any = "hello
         kombu.Producer(channel).publish(body, exchange=target.exchange,
                                         routing_key=target.routing_key, declare=[target],
                                         **options)
-
-
-def wait_until(condition: Callable[[], bool], what: str, seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def waiting(client: greenstalk.Client[bytes], tube: str) -> int:

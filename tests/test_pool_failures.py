@@ -30,20 +30,13 @@ from .test_pool import Cluster, MakePool
 # Fixtures, used by name:
 from .test_pool import cluster as cluster
 from .test_pool import make_pool as make_pool
+from .waiting import wait_until
 
 # Quick retries, so that servers come back within a test; the pool's usual
 # socket timeouts, so that a loaded machine is not taken for a dead server.
 RETRY = {"retry_base": 0.05, "retry_cap": 0.2}
 # For frozen servers, whose puts end only when the socket timeout does.
 FROZEN = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0, **RETRY}
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll ``condition`` until it holds; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def waiting_on(cluster: Cluster, indexes: Sequence[int]) -> Callable[[], bool]:

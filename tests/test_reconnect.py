@@ -43,6 +43,7 @@ from greenstalk.testing import ServerAddress, ServerProcess, run_server
 
 from . import test_tls
 from .conftest import MakeClient, aio_clients, sync_clients
+from .waiting import wait_until
 
 # The most seconds a condition polled for, or a call that must end, may take.
 DEADLINE = 10
@@ -165,14 +166,6 @@ def make(server: Restartable, clients: Clients) -> Iterator[MakeClient]:
 def observer(server: Restartable) -> AnyClient:
     """A plain client of ``server`` that looks at what the clients under test did."""
     return greenstalk.Client(server.address, socket_timeout=DEADLINE)
-
-
-def wait_until(condition: Callable[[], object], what: str) -> None:
-    """Poll ``condition`` until it holds; fails the test after DEADLINE seconds."""
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.005)
 
 
 def bodies_in(server: Restartable, tube: str = "default") -> list[bytes]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import signal
@@ -33,6 +34,7 @@ from greenstalk.testing import ServerProcess, run_server
 from .conftest import SERVERS_UNDER_TEST
 from .test_worker import CountingSocket, read_until, wait_for
 from .test_worker_shared import InBackground, make_worker, records_about, run_worker
+from .waiting import wait_until
 
 
 @pytest.fixture(params=["sync", "aio"])
@@ -73,11 +75,9 @@ def stat(client: greenstalk.Client[bytes], name: str) -> int:
     return int(client.stats()[name])  # type: ignore[literal-required]
 
 
-def wait_until(condition: Any, seconds: float = 20, what: str = "the condition") -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} never came true"
-        time.sleep(0.02)
+def waiting_on(client: greenstalk.Client[bytes]) -> bool:
+    """Whether a reserve waits on ``client``'s server."""
+    return stat(client, "current-waiting") == 1
 
 
 def ask_to_stop(running: InBackground, cold: bool = False) -> None:
@@ -341,8 +341,7 @@ def test_an_idle_worker_waits_on_every_server(
                          handlers={"default": lambda job: taken.set()})
     with InBackground(worker):
         for client in clients:
-            wait_until(lambda c=client: stat(c, "current-waiting") == 1,
-                       what="a waiting reserve")
+            wait_until(functools.partial(waiting_on, client), what="a waiting reserve")
         for client in clients:
             taken.clear()
             started = time.monotonic()
